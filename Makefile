@@ -1,0 +1,53 @@
+# fewlabels: `make demo` runs the built-in demo pipeline, `make test` the tests.
+# Both run `make setup` first (idempotent; seconds when already done).
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+-include build/env.mk
+export LIBTORCH
+export LIBTORCH_CXX11_ABI := 1
+export FEWLABELS_PYTHON
+export FEWLABELS_PHOTOS
+export FEWLABELS_FASHION_MNIST
+export FEWLABELS_INCEPTION
+
+CARGO ?= cargo
+BIN := target/release/fewlabels
+
+.PHONY: setup build test demo bench fmt lint clean-runs
+
+setup:
+	@scripts/setup.sh
+
+# The env file must exist before the other targets read LIBTORCH.
+build/env.mk:
+	@scripts/setup.sh
+
+build: setup
+	$(MAKE) --no-print-directory _build
+
+_build:
+	$(CARGO) build --release --locked
+
+test: setup
+	$(MAKE) --no-print-directory _test
+
+_test:
+	$(CARGO) test --locked -- --test-threads 2
+
+demo: setup
+	$(MAKE) --no-print-directory _build
+	$(BIN) run pipelines/demo.toml
+
+bench: setup
+	$(MAKE) --no-print-directory _build
+	benches/run.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,19 @@
+//! `fewlabels`: self-labelled image datasets and class-conditional GANs
+//! trained with few labels (Lucic et al., "High-Fidelity Image Generation
+//! With Fewer Labels", ICML 2019).
+//!
+//! Layers, top to bottom (arrows only point down): [`pipeline`] (pipeline
+//! files, the run loop) -> [`stages`] (one module per stage) -> building
+//! blocks ([`shard`], [`codec`], [`models`], [`gan`], [`metrics`]) -> core
+//! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`]).
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod manifest;
+pub mod pipeline;
+pub mod progress;
+pub mod shard;
+pub mod stage;
+pub mod stages;
+
+pub use error::{Error, Result};

@@ -1,0 +1,223 @@
+//! The schemas of every table a stage writes (DESIGN.md "Data contract").
+//! `schemas/NAME.json` holds each as a checked-in file; `tests/schemas.rs`
+//! fails when the code drifts from it. The `huggingface` metadata key makes
+//! `datasets` read `image` as an Image feature and `label` as a ClassLabel.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use serde_json::{json, Value};
+
+/// Metadata key holding the class names (JSON array) on every labelled table.
+pub const CLASS_NAMES_KEY: &str = "fewlabels.class_names";
+/// Metadata key read by Hugging Face `datasets`.
+pub const HF_KEY: &str = "huggingface";
+
+/// The tables of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Images,
+    Rejects,
+    Labels,
+    Features,
+    PseudoLabels,
+    Train,
+}
+
+impl Table {
+    pub const ALL: [Table; 6] = [
+        Table::Images,
+        Table::Rejects,
+        Table::Labels,
+        Table::Features,
+        Table::PseudoLabels,
+        Table::Train,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Images => "images",
+            Table::Rejects => "rejects",
+            Table::Labels => "labels",
+            Table::Features => "features",
+            Table::PseudoLabels => "pseudo_labels",
+            Table::Train => "train",
+        }
+    }
+}
+
+/// `struct<bytes: binary, path: string>`: the Image feature's storage type.
+pub fn image_type() -> DataType {
+    DataType::Struct(image_fields())
+}
+
+pub fn image_fields() -> Fields {
+    Fields::from(vec![
+        Field::new("bytes", DataType::Binary, true),
+        Field::new("path", DataType::Utf8, true),
+    ])
+}
+
+fn value(dtype: &str) -> Value {
+    json!({"dtype": dtype, "_type": "Value"})
+}
+
+fn class_label(names: &[String]) -> Value {
+    json!({"names": names, "_type": "ClassLabel"})
+}
+
+fn with_metadata(fields: Vec<Field>, features: Value, class_names: Option<&[String]>) -> SchemaRef {
+    let mut md = HashMap::new();
+    md.insert(
+        HF_KEY.to_string(),
+        json!({"info": {"features": features}}).to_string(),
+    );
+    if let Some(names) = class_names {
+        md.insert(
+            CLASS_NAMES_KEY.to_string(),
+            serde_json::to_string(names).expect("names serialise"),
+        );
+    }
+    Arc::new(Schema::new_with_metadata(fields, md))
+}
+
+/// `images/`: one row per prepared image.
+pub fn images(class_names: &[String]) -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("path", DataType::Utf8, false),
+            Field::new("label", DataType::Int64, true),
+            Field::new("width", DataType::Int32, false),
+            Field::new("height", DataType::Int32, false),
+            Field::new("image", image_type(), false),
+        ],
+        json!({
+            "id": value("uint64"), "path": value("string"), "label": class_label(class_names),
+            "width": value("int32"), "height": value("int32"), "image": {"_type": "Image"},
+        }),
+        Some(class_names),
+    )
+}
+
+/// `rejects`: every input that did not become an image, and why.
+pub fn rejects() -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("path", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+        ],
+        json!({"path": value("string"), "reason": value("string")}),
+        None,
+    )
+}
+
+/// `labels/`: the kept labelled subset; `split` is `train` or `holdout`.
+pub fn labels(class_names: &[String]) -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("label", DataType::Int64, false),
+            Field::new("split", DataType::Utf8, false),
+        ],
+        json!({"id": value("uint64"), "label": class_label(class_names), "split": value("string")}),
+        Some(class_names),
+    )
+}
+
+/// `features/`: one vector per image, plus the linear head's logits when the
+/// extractor has one (`logits_dim` > 0).
+pub fn features(dim: usize, logits_dim: usize) -> SchemaRef {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut fields = vec![
+        Field::new("id", DataType::UInt64, false),
+        Field::new(
+            "feature",
+            DataType::FixedSizeList(item.clone(), dim as i32),
+            false,
+        ),
+    ];
+    let mut features = json!({
+        "id": value("uint64"),
+        "feature": {"feature": value("float32"), "length": dim, "_type": "Sequence"},
+    });
+    if logits_dim > 0 {
+        fields.push(Field::new(
+            "logits",
+            DataType::FixedSizeList(item, logits_dim as i32),
+            false,
+        ));
+        features["logits"] =
+            json!({"feature": value("float32"), "length": logits_dim, "_type": "Sequence"});
+    }
+    with_metadata(fields, features, None)
+}
+
+/// `pseudo_labels/`: one label per image with its source and confidence.
+pub fn pseudo_labels(class_names: &[String]) -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("label", DataType::Int64, false),
+            Field::new("source", DataType::Utf8, false),
+            Field::new("confidence", DataType::Float32, false),
+        ],
+        json!({
+            "id": value("uint64"), "label": class_label(class_names),
+            "source": value("string"), "confidence": value("float32"),
+        }),
+        Some(class_names),
+    )
+}
+
+/// `train/`: shuffled training rows; `label` null = unlabelled.
+pub fn train(class_names: &[String]) -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("image", image_type(), false),
+            Field::new("label", DataType::Int64, true),
+            Field::new("label_source", DataType::Utf8, false),
+        ],
+        json!({
+            "id": value("uint64"), "image": {"_type": "Image"},
+            "label": class_label(class_names), "label_source": value("string"),
+        }),
+        Some(class_names),
+    )
+}
+
+/// The schema of `table` with placeholder class names and dimensions, as
+/// checked into `schemas/`.
+pub fn reference(table: Table) -> SchemaRef {
+    let names = vec!["CLASS_0".to_string(), "CLASS_1".to_string()];
+    match table {
+        Table::Images => images(&names),
+        Table::Rejects => rejects(),
+        Table::Labels => labels(&names),
+        Table::Features => features(8, 2),
+        Table::PseudoLabels => pseudo_labels(&names),
+        Table::Train => train(&names),
+    }
+}
+
+/// A schema as the JSON kept in `schemas/`: fields and the `huggingface` features.
+pub fn describe(schema: &Schema) -> Value {
+    let fields: Vec<Value> =
+        schema.fields().iter().map(|f| json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()})).collect();
+    let hf: Value = schema
+        .metadata()
+        .get(HF_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(Value::Null);
+    json!({"fields": fields, "huggingface": hf})
+}
+
+/// The class names stored in a table's metadata (empty when none).
+pub fn class_names_of(schema: &Schema) -> Vec<String> {
+    schema
+        .metadata()
+        .get(CLASS_NAMES_KEY)
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or_default()
+}

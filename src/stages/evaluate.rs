@@ -1,0 +1,46 @@
+//! Stage `evaluate`: scores a GAN with FID, KID and IS. Placeholder until its issue lands.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::progress::Outcome;
+use crate::stage::Input;
+use crate::stages::Exec;
+
+/// Everything that changes this stage's output.
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {}
+
+#[derive(clap::Args, Debug)]
+pub struct Cli {
+    #[command(flatten)]
+    pub params: Params,
+    #[command(flatten)]
+    pub exec: Exec,
+}
+
+/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
+pub fn inputs(gan: &Path, reference: &Path) -> Vec<Input> {
+    vec![
+        Input::stage(gan, "train-gan"),
+        Input::stage(reference, "prepare"),
+    ]
+}
+
+pub fn run(
+    gan: &Path,
+    reference: &Path,
+    output: &Path,
+    params: &Params,
+    exec: &Exec,
+) -> Result<(Manifest, Outcome)> {
+    let _ = (gan, reference, output, params, exec);
+    Err(Error::invalid("stage `evaluate` is not built yet"))
+}
+
+pub fn main(_cli: Cli) -> Result<()> {
+    Err(Error::invalid("stage `evaluate` is not built yet"))
+}

@@ -1,0 +1,47 @@
+//! Stage `pretrain`: trains the rotation (+ linear head) feature extractor. Placeholder until its issue lands.
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::progress::Outcome;
+use crate::stage::Input;
+use crate::stages::Exec;
+
+/// Everything that changes this stage's output.
+#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {}
+
+#[derive(clap::Args, Debug)]
+pub struct Cli {
+    #[command(flatten)]
+    pub params: Params,
+    #[command(flatten)]
+    pub exec: Exec,
+}
+
+/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
+pub fn inputs(images: &Path, labels: Option<&Path>) -> Vec<Input> {
+    let mut v = vec![Input::stage(images, "prepare")];
+    if let Some(l) = labels {
+        v.push(Input::stage(l, "sample-labels"));
+    }
+    v
+}
+
+pub fn run(
+    images: &Path,
+    labels: Option<&Path>,
+    output: &Path,
+    params: &Params,
+    exec: &Exec,
+) -> Result<(Manifest, Outcome)> {
+    let _ = (images, labels, output, params, exec);
+    Err(Error::invalid("stage `pretrain` is not built yet"))
+}
+
+pub fn main(_cli: Cli) -> Result<()> {
+    Err(Error::invalid("stage `pretrain` is not built yet"))
+}

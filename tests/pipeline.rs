@@ -1,0 +1,102 @@
+//! Pipeline files: unknown keys and bad values give one line naming the file
+//! and line; `--plan` runs nothing.
+mod common;
+
+use std::fs;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn unknown_key_names_key_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "bad.toml",
+        "[pipeline]\nname = \"x\"\n\n[prepare]\ninput = \"/tmp\"\nsizee = 32\n",
+    );
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(
+        err.contains("bad.toml:6:") && err.contains("unknown field `sizee`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn wrong_type_and_unknown_table_name_the_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(tmp.path(), "t.toml", "[pipeline]\nname = 3\n");
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("t.toml:2:") && err.contains("invalid type"),
+        "{err}"
+    );
+    let p = write(
+        tmp.path(),
+        "u.toml",
+        "[pipeline]\n\n[prepair]\ninput = \"/tmp\"\n",
+    );
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("u.toml:3:") && err.contains("unknown field `prepair`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_input_and_missing_upstream_stage_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = write(
+        tmp.path(),
+        "m.toml",
+        "[prepare]\ninput = \"/no/such/folder\"\n",
+    );
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("m.toml:1:")
+            && err.contains("/no/such/folder")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    let run_dir = tmp.path().join("run");
+    let p = write(
+        tmp.path(),
+        "n.toml",
+        &format!(
+            "[pipeline]\nrun-dir = {:?}\n\n[sample-labels]\n",
+            run_dir.to_str().unwrap()
+        ),
+    );
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("n.toml:4:") && err.contains("[sample-labels] needs the output of [prepare]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_pipeline_file_is_one_line() {
+    let o = common::run(&["run", "/no/such/pipeline.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/no/such/pipeline.toml") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_usage_exits_2() {
+    let o = common::run(&["run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+}
