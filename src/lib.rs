@@ -9,8 +9,11 @@
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod kmeans;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
+pub mod plot;
 pub mod progress;
 pub mod shard;
 pub mod stage;
