@@ -6,10 +6,12 @@
 //! files, the run loop) -> [`stages`] (one module per stage) -> building
 //! blocks ([`shard`], [`codec`], [`models`], [`gan`], [`metrics`]) -> core
 //! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`]).
+pub mod codec;
 pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod kmeans;
+pub mod input;
 pub mod manifest;
 pub mod metrics;
 pub mod pipeline;
