@@ -10,6 +10,7 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod metrics;
 pub mod pipeline;
 pub mod progress;
 pub mod shard;
