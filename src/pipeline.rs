@@ -521,6 +521,12 @@ pub fn main(cli: Cli) -> Result<()> {
     if ran.iter().all(|(_, o)| *o == Outcome::UpToDate) {
         progress::note("every stage is up to date; nothing to do");
     }
+    let title = match &pipeline.file.pipeline.name {
+        Some(name) => format!("fewlabels run: {name}"),
+        None => format!("fewlabels run: {}", pipeline.path.display()),
+    };
+    let (html, _) = crate::report::write_report(&pipeline.run_dir, &title, &STAGES)?;
+    progress::note(format!("report: {}", html.display()));
     Ok(())
 }
 
