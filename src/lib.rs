@@ -10,10 +10,12 @@ pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod manifest;
+pub mod models;
 pub mod pipeline;
 pub mod progress;
 pub mod shard;
 pub mod stage;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};
