@@ -15,9 +15,9 @@ sup_steps=${2:-2400}
 rot_steps=${3:-1200}
 out=${BENCH_OUT:-$top/runs/bench-pretrain}
 mkdir -p "$out"
-cargo build --release --locked --bin fewlabels --example fmnist_stages >&2
-fl=target/release/fewlabels
-[ -f "$out/fmnist/images/_stage.json" ] || target/release/examples/fmnist_stages "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
+cargo build --locked --bin fewlabels --example fmnist_stages >&2  # dev profile: dependencies at opt-level 3
+fl=target/debug/fewlabels
+[ -f "$out/fmnist/images/_stage.json" ] || target/debug/examples/fmnist_stages "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
 img=$out/fmnist/images lab=$out/fmnist/labels
 common=(--threads 2 --device cpu --arch small --eval-every 400)
 run() { echo "+ $*" >&2; /usr/bin/time -f "%e s wall" "$@"; }

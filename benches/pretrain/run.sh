@@ -13,8 +13,8 @@ steps=${2:-30}
 batch=32 labelled=32
 out=${BENCH_OUT:-$top/runs/bench-pretrain}
 mkdir -p "$out"
-cargo build --release --locked --example pretrain_bench --example fmnist_stages >&2
-bin=target/release/examples
+cargo build --locked --example pretrain_bench --example fmnist_stages >&2  # dev profile: dependencies at opt-level 3 (Cargo.toml)
+bin=target/debug/examples
 [ -f "$out/fmnist/images/_stage.json" ] || "$bin/fmnist_stages" "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
 : > "$out/step.jsonl"
 for i in 1 2 3; do

@@ -69,6 +69,8 @@ pub enum Arch {
     /// Basic blocks [1,1,1,1] x [32,64,128,256], small stem: 32x32 data on a CPU.
     #[default]
     Small,
+    /// Basic blocks [1,1,1] x [16,32,64], small stem: 32x32 data on a busy CPU (~5x cheaper than small).
+    Micro,
     /// Basic blocks [1,1] x [8,16]: tests.
     Tiny,
 }
@@ -79,6 +81,7 @@ impl Arch {
             Arch::Resnet50 => Config::resnet50(),
             Arch::Resnet18 => Config::resnet18(),
             Arch::Small => Config::small(),
+            Arch::Micro => Config::micro(),
             Arch::Tiny => Config::tiny(),
         }
     }
@@ -110,6 +113,15 @@ impl Config {
             widths: vec![32, 64, 128, 256],
             stem: Stem::Small,
             stem_width: 32,
+        }
+    }
+    pub fn micro() -> Self {
+        Config {
+            block: BlockKind::Basic,
+            layers: vec![1, 1, 1],
+            widths: vec![16, 32, 64],
+            stem: Stem::Small,
+            stem_width: 16,
         }
     }
     pub fn tiny() -> Self {
