@@ -14,6 +14,7 @@ pub mod input;
 pub mod kmeans;
 pub mod manifest;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod plot;
 pub mod progress;
@@ -21,5 +22,6 @@ pub mod report;
 pub mod shard;
 pub mod stage;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};

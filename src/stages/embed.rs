@@ -13,18 +13,24 @@ use image::imageops::FilterType;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use tch::{Device, Kind, Tensor};
+
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
+use crate::models::resnet::SavedModel;
 use crate::progress::{self, Outcome};
-use crate::shard::{image_bytes, schema, TableReader, TableWriter};
+use crate::shard::{image_bytes, schema, table_files, TableReader, TableWriter};
 use crate::stage::{self, Input, StageRun};
 use crate::stages::tables;
 use crate::stages::Exec;
+use crate::train::loader::{Loader, LoaderConfig};
 
 pub const NAME: &str = "embed";
 
 /// Rows per `features-*.arrow` file.
 const ROWS_PER_SHARD: usize = 50_000;
+/// Images per forward pass of `--model DIR` (execution only: outputs do not depend on it).
+const BATCH: usize = 256;
 
 /// Colour channels kept by `--model pixels`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -110,7 +116,9 @@ pub fn run(
     )
 }
 
-/// Features from a `pretrain` extractor: built with the pretrain stage.
+/// `embed --model DIR`: the extractor's pooled features (and class logits
+/// when it has a head) for every image, in table order, streamed to
+/// `features-*.arrow`.
 fn embed_pretrained(
     images: &Path,
     model: &Path,
@@ -118,11 +126,80 @@ fn embed_pretrained(
     exec: &Exec,
     run: &mut StageRun,
 ) -> Result<()> {
-    let _ = (images, params, exec, run);
-    Err(Error::invalid(format!(
-        "embed --model {}: features from a pretrained extractor are not built yet; use --model pixels",
-        model.display()
-    )))
+    let _ = params; // the pixels-only parameters do not apply to a model
+    let device = exec.device.resolve()?;
+    let (info, _vs, net) = SavedModel::load(model, device)?;
+    let images_m = Manifest::read_complete(images, "prepare")?;
+    let files = table_files(images, &images_m, "images");
+    let loader = Loader::new(files, LoaderConfig::sequential(BATCH))?;
+    if loader.image_size() != info.image_size {
+        return Err(Error::file(
+            images,
+            format!(
+                "images are {:?} (h, w) but the model in {} was trained on {:?}; embed the images it was trained on",
+                loader.image_size(),
+                model.display(),
+                info.image_size
+            ),
+        ));
+    }
+    let dim = info.feature_dim as usize;
+    let logits_dim = info.num_classes.unwrap_or(0) as usize;
+    let sch = schema::features(dim, logits_dim);
+    let mut writer = TableWriter::new(&run.dir, "features", sch.clone(), ROWS_PER_SHARD);
+    let pb = progress::bar(loader.rows() as u64, "images");
+    pb.set_prefix(NAME);
+    let t0 = std::time::Instant::now();
+    let mut rows = 0u64;
+    for b in loader {
+        let b = b?;
+        let heads = tch::no_grad(|| net.forward_t(&b.images.to_device(device), false));
+        let to_vec = |t: &Tensor| -> Result<Vec<f32>> {
+            Ok(Vec::<f32>::try_from(
+                &t.to_kind(Kind::Float).to_device(Device::Cpu).flatten(0, -1),
+            )?)
+        };
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(b.ids.clone())),
+            fixed_list(to_vec(&heads.features)?, dim).at(&run.dir)?,
+        ];
+        if logits_dim > 0 {
+            let logits = heads.classes.as_ref().ok_or_else(|| {
+                Error::file(model, "model.json names classes but the net has no head")
+            })?;
+            cols.push(fixed_list(to_vec(logits)?, logits_dim).at(&run.dir)?);
+        }
+        let rb = RecordBatch::try_new(sch.clone(), cols).at(&run.dir)?;
+        writer.write(&rb)?;
+        rows += b.ids.len() as u64;
+        pb.inc(b.ids.len() as u64);
+    }
+    pb.finish_and_clear();
+    for (file, n) in writer.finish()? {
+        run.add_output(file, Some(n))?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    run.phase("embed", secs);
+    run.count("images", rows);
+    run.count("dim", dim as u64);
+    run.count("logits_dim", logits_dim as u64);
+    run.count("model", model.display().to_string());
+    run.count("images_per_s", rows as f64 / secs.max(1e-9));
+    Ok(())
+}
+
+/// A `FixedSizeList<f32>` column of `dim`-long rows from flat values.
+fn fixed_list(
+    values: Vec<f32>,
+    dim: usize,
+) -> std::result::Result<ArrayRef, arrow::error::ArrowError> {
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    Ok(Arc::new(FixedSizeListArray::try_new(
+        item,
+        dim as i32,
+        Arc::new(Float32Array::from(values)),
+        None,
+    )?))
 }
 
 /// The pixel feature of one encoded image: decoded, resized to size x size
@@ -170,7 +247,6 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
             PixelColor::Gray => 1,
         };
     let schema = schema::features(dim, 0);
-    let item = Arc::new(Field::new("item", DataType::Float32, false));
     let mut w = TableWriter::new(&run.dir, "features", schema.clone(), ROWS_PER_SHARD);
     let bar = progress::bar(total, "images");
     bar.set_prefix(NAME);
@@ -201,12 +277,9 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
         for f in &feats {
             flat.extend_from_slice(f);
         }
-        let values = Arc::new(Float32Array::from(flat));
-        let list =
-            FixedSizeListArray::try_new(item.clone(), dim as i32, values, None).at(&run.dir)?;
         let cols: Vec<ArrayRef> = vec![
             Arc::new(UInt64Array::from(ids.values().to_vec())),
-            Arc::new(list),
+            fixed_list(flat, dim).at(&run.dir)?,
         ];
         w.write(&RecordBatch::try_new(schema.clone(), cols).at(&run.dir)?)?;
         rows += n as u64;

@@ -336,8 +336,9 @@ fn label_by_kmeans(
     })
 }
 
-/// `--method classifier`: the extractor's linear head labels the unlabelled
-/// images; the labelled subset keeps its labels. Built with the pretrain stage.
+/// `--method classifier` (S2GAN): the extractor's linear head labels the
+/// unlabelled images (source `predicted`, confidence = softmax max); the
+/// labelled subset keeps its labels (source `given`, confidence 1).
 fn label_by_classifier(
     features: &Path,
     labels: Option<&Path>,
@@ -346,10 +347,102 @@ fn label_by_classifier(
     exec: &Exec,
     run: &mut StageRun,
 ) -> Result<Labelling> {
-    let _ = (features, labels, images, params, exec, run);
-    Err(Error::invalid(
-        "--method classifier is not built yet; use --method kmeans",
-    ))
+    let _ = (images, params, exec);
+    let labels = labels.ok_or_else(|| {
+        Error::invalid("--method classifier needs --labels (the `labels/` folder of sample-labels)")
+    })?;
+    let lm = Manifest::read_complete(labels, "sample-labels")?;
+    let class_names = tables::class_names(labels, &lm, "labels")?;
+    let k = class_names.len();
+    let (given, holdout) = read_given(labels, &lm)?;
+    let f = read_features(features)?;
+    let (ld, logits) = f.logits.as_ref().ok_or_else(|| {
+        Error::file(
+            features,
+            "has no `logits` column: embed with a model pretrained with --labels (objective s2l or supervised)",
+        )
+    })?;
+    if *ld != k {
+        return Err(Error::file(
+            features,
+            format!("logits have {ld} classes, the labels table {k}; embed with the model trained on these labels"),
+        ));
+    }
+    let n = f.ids.len();
+    let mut out = Labelling {
+        ids: f.ids.clone(),
+        labels: Vec::with_capacity(n),
+        sources: Vec::with_capacity(n),
+        confidence: Vec::with_capacity(n),
+        label_names: class_names,
+        labels_are_classes: true,
+    };
+    let (mut holdout_right, mut holdout_seen) = (0u64, 0u64);
+    for (i, id) in f.ids.iter().enumerate() {
+        let (pred, conf) = argmax_softmax(&logits[i * k..(i + 1) * k]);
+        if let Some(&h) = holdout.get(id) {
+            holdout_seen += 1;
+            holdout_right += (h == pred) as u64;
+        }
+        match given.get(id) {
+            Some(&l) => {
+                out.labels.push(l);
+                out.sources.push(Source::Given);
+                out.confidence.push(1.0);
+            }
+            None => {
+                out.labels.push(pred);
+                out.sources.push(Source::Predicted);
+                out.confidence.push(conf);
+            }
+        }
+    }
+    run.count("given", given.len() as u64);
+    run.count(
+        "predicted",
+        out.sources
+            .iter()
+            .filter(|s| **s == Source::Predicted)
+            .count() as u64,
+    );
+    if holdout_seen > 0 {
+        run.count(
+            "holdout_accuracy",
+            holdout_right as f64 / holdout_seen as f64,
+        );
+    }
+    Ok(out)
+}
+
+/// The class with the largest logit and its softmax probability.
+fn argmax_softmax(row: &[f32]) -> (i64, f32) {
+    let (mut best, mut max) = (0usize, f32::NEG_INFINITY);
+    for (j, &v) in row.iter().enumerate() {
+        if v > max {
+            best = j;
+            max = v;
+        }
+    }
+    let denom: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    (best as i64, 1.0 / denom)
+}
+
+/// Every labelled id -> label (both splits), and the holdout ids -> label.
+fn read_given(dir: &Path, m: &Manifest) -> Result<(HashMap<u64, i64>, HashMap<u64, i64>)> {
+    let (mut given, mut holdout) = (HashMap::new(), HashMap::new());
+    for rb in TableReader::from_manifest(dir, m, "labels", Some(&["id", "label", "split"])) {
+        let rb = rb?;
+        let ids = tables::u64_column(&rb, "id", dir)?;
+        let labels = tables::i64_column(&rb, "label", dir)?;
+        let splits = tables::str_column(&rb, "split", dir)?;
+        for i in 0..rb.num_rows() {
+            given.insert(ids.value(i), labels.value(i));
+            if splits.value(i) == "holdout" {
+                holdout.insert(ids.value(i), labels.value(i));
+            }
+        }
+    }
+    Ok((given, holdout))
 }
 
 fn write_labelling(run: &mut StageRun, l: &Labelling) -> Result<()> {
@@ -538,5 +631,13 @@ mod tests {
         let p: Params = toml::from_str("init = \"kmeans++\"\nbackend = \"torch\"").unwrap();
         assert_eq!(p.init, kmeans::Init::KmeansPlusPlus);
         assert_eq!(p.backend, kmeans::Backend::Torch);
+    }
+
+    #[test]
+    fn argmax_softmax_is_right() {
+        let (c, p) = argmax_softmax(&[0.0, 2.0, 1.0]);
+        assert_eq!(c, 1);
+        let want = 2f32.exp() / (1.0 + 2f32.exp() + 1f32.exp());
+        assert!((p - want).abs() < 1e-6);
     }
 }

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Pretrain speed figures (issue 5): the training step of the small ResNet in
+# tch vs PyTorch (same model, step, threads; alternated three times, median),
+# and the shard loader alone on Fashion-MNIST 32x32.
+#   benches/pretrain/run.sh [THREADS] [STEPS]
+# Needs `make setup` (FEWLABELS_PYTHON, FEWLABELS_FASHION_MNIST) and cargo.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+. scripts/env.sh
+threads=${1:-2}
+steps=${2:-30}
+batch=32 labelled=32
+out=${BENCH_OUT:-$top/runs/bench-pretrain}
+mkdir -p "$out"
+cargo build --locked --example pretrain_bench --example fmnist_stages >&2  # dev profile: dependencies at opt-level 3 (Cargo.toml)
+bin=target/debug/examples
+[ -f "$out/fmnist/images/_stage.json" ] || "$bin/fmnist_stages" "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
+: > "$out/step.jsonl"
+for i in 1 2 3; do
+  "$bin/pretrain_bench" step "$threads" "$steps" $batch $labelled | tee -a "$out/step.jsonl"
+  "$FEWLABELS_PYTHON" benches/pretrain/torch_step.py "$threads" "$steps" $batch $labelled | tee -a "$out/step.jsonl"
+done
+"$bin/pretrain_bench" loader "$threads" "$out/fmnist/images" 256 100 | tee "$out/loader.jsonl"
+"$FEWLABELS_PYTHON" - "$out/step.jsonl" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+med = {k: statistics.median(r["images_per_s"] for r in rows if r["impl"] == k) for k in ("tch", "pytorch")}
+print(json.dumps({"tch_images_per_s": med["tch"], "pytorch_images_per_s": med["pytorch"],
+                  "ratio": med["tch"] / med["pytorch"]}))
+PY
