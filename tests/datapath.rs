@@ -455,10 +455,10 @@ fn pixels_kmeans_reproduces_the_fashion_mnist_baseline() {
         .downcast_ref::<FixedSizeListArray>()
         .unwrap();
     assert_eq!(list.value_length(), 784);
-    for i in 0..3 {
+    for (i, pixels) in raw.iter().enumerate() {
         let v = list.value(i);
         let v = v.as_any().downcast_ref::<Float32Array>().unwrap();
-        let want: Vec<f32> = raw[i].iter().map(|&p| p as f32 / 255.0).collect();
+        let want: Vec<f32> = pixels.iter().map(|&p| p as f32 / 255.0).collect();
         assert_eq!(v.values().to_vec(), want, "image {i}");
     }
 
