@@ -33,8 +33,8 @@ pub enum Init {
     #[value(name = "kmeans++")]
     #[serde(rename = "kmeans++")]
     KmeansPlusPlus,
-    /// k-means|| (Bahmani et al. 2012): 5 rounds oversampling k points each,
-    /// then weighted k-means++ on the candidates.
+    /// k-means|| (Bahmani et al. 2012) on a sample of 32 points per cluster: 5
+    /// rounds oversampling k points each, then weighted k-means++ on the candidates.
     #[value(name = "kmeans-parallel")]
     KmeansParallel,
     /// k distinct points drawn uniformly (faiss's default).
@@ -45,7 +45,7 @@ pub enum Init {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
-    /// linfa for small problems (points x clusters x dims up to 2e9), libtorch
+    /// linfa for small problems (points x clusters x dims up to 1e8), libtorch
     /// above. By size only, never by device, so the device never changes the choice.
     #[default]
     Auto,
@@ -53,11 +53,18 @@ pub enum Backend {
     Torch,
 }
 
-/// Above this many multiply-adds per iteration `Backend::Auto` picks libtorch.
-pub const LINFA_MAX_WORK: f64 = 2e9;
+/// Above this many multiply-adds per iteration `Backend::Auto` picks libtorch
+/// (linfa's per-point distances ran 3x slower than libtorch's matrix product
+/// on Fashion-MNIST, 60,000 x 784, k = 10, on this project's 2-core machine).
+pub const LINFA_MAX_WORK: f64 = 1e8;
 /// Above this many points the linfa back-end switches to mini-batches (unless told otherwise).
 pub const MINIBATCH_ABOVE: usize = 500_000;
 const PARALLEL_ROUNDS: usize = 5;
+/// k-means|| seeds from a uniform sample of this many points per cluster
+/// (when the data has more): its rounds then cost a fraction of one Lloyd
+/// iteration instead of five (faiss samples likewise, 256 per centroid, for
+/// the whole training).
+const PARALLEL_SAMPLE_PER_CLUSTER: usize = 32;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -393,23 +400,27 @@ impl<'a> TorchNearest<'a> {
             .f_view([m as i64, self.d as i64])?
             .f_to_device(self.device)?;
         let cn = c.f_square()?.f_sum_dim_intlist(1, false, Kind::Float)?;
-        Ok((c.f_tr()?.f_contiguous()?, cn))
+        // -2 c^T, so that one addmm gives |c|^2 - 2 x.c.
+        Ok((
+            c.f_tr()?.f_mul_scalar(-2.0)?.f_contiguous()?,
+            cn.f_unsqueeze(0)?,
+        ))
     }
 
-    /// Squared distances of rows [s, s + len) to the centers: len x m.
-    fn dist(&self, s: usize, len: usize, ct: &Tensor, cn: &Tensor) -> Result<Tensor> {
+    /// `|c|^2 - 2 x.c` for rows [s, s + len) (len x m): the squared distance
+    /// less `|x|^2`, which is the same for every center, so the nearest
+    /// centers are found without it (one GEMM, no extra pass over the matrix).
+    fn partial_dist(&self, s: usize, len: usize, ct2: &Tensor, cn: &Tensor) -> Result<Tensor> {
         let xc = self.x.f_narrow(0, s as i64, len as i64)?;
-        let xn = self
-            .norms
-            .f_narrow(0, s as i64, len as i64)?
-            .f_unsqueeze(1)?;
-        // |x|^2 + |c|^2 - 2 x.c, clamped: rounding can make it slightly negative.
-        let dots = xc.f_mm(ct)?;
-        Ok(dots
-            .f_mul_scalar(-2.0)?
-            .f_add_(&xn)?
-            .f_add_(&cn.f_unsqueeze(0)?)?
-            .f_clamp_min(0.0)?)
+        Ok(cn.f_addmm(&xc, ct2)?)
+    }
+
+    /// Adds `|x|^2` back to selected partial distances (len x j), clamped at
+    /// 0: rounding can make a tiny distance negative.
+    fn complete(&self, s: usize, len: usize, v: &Tensor) -> Result<Tensor> {
+        let xn = self.norms.f_narrow(0, s as i64, len as i64)?;
+        let xn = if v.dim() == 2 { xn.f_unsqueeze(1)? } else { xn };
+        Ok(v.f_add(&xn)?.f_clamp_min(0.0)?)
     }
 }
 
@@ -438,8 +449,8 @@ impl Nearest for TorchNearest<'_> {
         let mut s = 0;
         while s < n {
             let len = step.min(n - s);
-            let (v, a) = self.dist(s, len, &ct, &cn)?.f_min_dim(1, false)?;
-            let v: Vec<f32> = to_vec(&v)?;
+            let (v, a) = self.partial_dist(s, len, &ct, &cn)?.f_min_dim(1, false)?;
+            let v: Vec<f32> = to_vec(&self.complete(s, len, &v)?)?;
             let a: Vec<i64> = to_vec(&a)?;
             for i in 0..len {
                 if v[i] < best[s + i] {
@@ -464,10 +475,10 @@ impl Nearest for TorchNearest<'_> {
         let mut s = 0;
         while s < n {
             let len = step.min(n - s);
-            let dist = self.dist(s, len, &ct, &cn)?;
+            let dist = self.partial_dist(s, len, &ct, &cn)?;
             if m >= 2 {
                 let (v, a) = dist.f_topk(2, 1, false, true)?;
-                let v: Vec<f32> = to_vec(&v)?;
+                let v: Vec<f32> = to_vec(&self.complete(s, len, &v)?)?;
                 let a: Vec<i64> = to_vec(&a)?;
                 for i in 0..len {
                     arg.push(a[2 * i] as u32);
@@ -475,7 +486,7 @@ impl Nearest for TorchNearest<'_> {
                     d2.push(v[2 * i + 1]);
                 }
             } else {
-                let v: Vec<f32> = to_vec(&dist.f_view([len as i64])?)?;
+                let v: Vec<f32> = to_vec(&self.complete(s, len, &dist.f_view([len as i64])?)?)?;
                 arg.extend(std::iter::repeat_n(0u32, len));
                 d1.extend(v);
                 d2.extend(std::iter::repeat_n(f32::INFINITY, len));
@@ -654,6 +665,14 @@ fn initial_centroids(
         Init::Random => {
             let idx = rand::seq::index::sample(&mut rng, n, k).into_vec();
             Ok(rows_of(x, d, &idx))
+        }
+        Init::KmeansParallel if n > PARALLEL_SAMPLE_PER_CLUSTER * k => {
+            let mut idx =
+                rand::seq::index::sample(&mut rng, n, PARALLEL_SAMPLE_PER_CLUSTER * k).into_vec();
+            idx.sort_unstable();
+            let sub = rows_of(x, d, &idx);
+            let sub_oracle = kind.build(&sub, idx.len(), d)?;
+            kmeans_parallel(&sub, d, sub_oracle.as_ref(), k, seed, &mut rng, kind)
         }
         Init::KmeansParallel => kmeans_parallel(x, d, oracle, k, seed, &mut rng, kind),
         Init::KmeansPlusPlus | Init::Auto => {

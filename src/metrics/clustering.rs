@@ -185,11 +185,11 @@ pub fn nmi(c: &Contingency) -> f64 {
         return 1.0;
     }
     let mut mi = 0.0;
-    for t in 0..c.n_true {
-        for p in 0..c.n_pred {
+    for (t, &row) in rows.iter().enumerate() {
+        for (p, &col) in cols.iter().enumerate() {
             let nij = c.get(t, p) as f64;
             if nij > 0.0 {
-                mi += nij / n * (n * nij / (rows[t] as f64 * cols[p] as f64)).ln();
+                mi += nij / n * (n * nij / (row as f64 * col as f64)).ln();
             }
         }
     }
