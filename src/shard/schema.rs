@@ -90,7 +90,9 @@ pub fn images(class_names: &[String]) -> SchemaRef {
             Field::new("label", DataType::Int64, true),
             Field::new("width", DataType::Int32, false),
             Field::new("height", DataType::Int32, false),
-            Field::new("image", image_type(), false),
+            // Nullable as `datasets`' Image feature is: `Features.from_arrow_schema`
+            // keeps the metadata feature only when the fields compare equal.
+            Field::new("image", image_type(), true),
         ],
         json!({
             "id": value("uint64"), "path": value("string"), "label": class_label(class_names),
@@ -175,7 +177,9 @@ pub fn train(class_names: &[String]) -> SchemaRef {
     with_metadata(
         vec![
             Field::new("id", DataType::UInt64, false),
-            Field::new("image", image_type(), false),
+            // Nullable as `datasets`' Image feature is: `Features.from_arrow_schema`
+            // keeps the metadata feature only when the fields compare equal.
+            Field::new("image", image_type(), true),
             Field::new("label", DataType::Int64, true),
             Field::new("label_source", DataType::Utf8, false),
         ],
