@@ -1,0 +1,468 @@
+//! The run report: `report.html` and `report.md` in the run directory, made
+//! from what the stages left there (manifests, tables, metrics JSON lines,
+//! PNGs). It reads only files, so it can be rebuilt at any time, and every
+//! picture is a PNG drawn by the tool itself (src/plot.rs).
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, StringArray};
+
+use crate::error::{Result, ResultExt};
+use crate::fsutil::write_atomic;
+use crate::manifest::Manifest;
+use crate::plot::{line_plot, save_png, LinePlot, Series};
+use crate::shard::TableReader;
+
+/// Rejects listed in the report at most (the table holds them all).
+const MAX_REJECTS_SHOWN: usize = 50;
+/// Metric series plotted per stage at most.
+const MAX_PLOTS_PER_STAGE: usize = 8;
+
+/// One stage folder found in the run directory.
+struct StageDir {
+    folder: String,
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+/// A block of the report, rendered both as HTML and as Markdown.
+enum Block {
+    Heading(String),
+    Text(String),
+    /// Header row, then rows.
+    Table(Vec<String>, Vec<Vec<String>>),
+    /// Path relative to the run directory, and a caption.
+    Image(String, String),
+}
+
+/// Writes `report.html` and `report.md` into `run_dir`; returns their paths.
+pub fn write_report(
+    run_dir: &Path,
+    title: &str,
+    stage_order: &[(&str, &str)],
+) -> Result<(PathBuf, PathBuf)> {
+    let plots_dir = run_dir.join("report");
+    fs::create_dir_all(&plots_dir).at(&plots_dir)?;
+    let mut stages = Vec::new();
+    for (_, folder) in stage_order {
+        let dir = run_dir.join(folder);
+        if let Some(m) = Manifest::read(&dir)?.filter(|m| m.complete) {
+            stages.push(StageDir {
+                folder: folder.to_string(),
+                dir,
+                manifest: m,
+            });
+        }
+    }
+    let mut blocks = vec![Block::Heading(title.to_string())];
+    blocks.push(Block::Text(format!(
+        "Run directory `{}`; fewlabels {}.",
+        run_dir.display(),
+        env!("CARGO_PKG_VERSION")
+    )));
+    blocks.push(Block::Table(
+        vec![
+            "stage".into(),
+            "folder".into(),
+            "rows written".into(),
+            "files".into(),
+            "seconds".into(),
+        ],
+        stages
+            .iter()
+            .map(|s| {
+                let rows: u64 = s.manifest.outputs.iter().filter_map(|o| o.rows).sum();
+                vec![
+                    s.manifest.stage.clone(),
+                    s.folder.clone(),
+                    rows.to_string(),
+                    s.manifest.outputs.len().to_string(),
+                    format!("{:.1}", s.manifest.timings.seconds),
+                ]
+            })
+            .collect(),
+    ));
+    for s in &stages {
+        blocks.push(Block::Heading(format!(
+            "{} ({}/)",
+            s.manifest.stage, s.folder
+        )));
+        stage_blocks(s, run_dir, &plots_dir, &mut blocks)?;
+    }
+    let html = render_html(title, &blocks);
+    let md = render_markdown(&blocks);
+    let html_path = run_dir.join("report.html");
+    let md_path = run_dir.join("report.md");
+    write_atomic(&html_path, html.as_bytes())?;
+    write_atomic(&md_path, md.as_bytes())?;
+    Ok((html_path, md_path))
+}
+
+fn stage_blocks(
+    s: &StageDir,
+    run_dir: &Path,
+    plots_dir: &Path,
+    blocks: &mut Vec<Block>,
+) -> Result<()> {
+    // Scalar counts and figures in one table; structured ones (per-class tables) each in their own.
+    let mut scalars = Vec::new();
+    let mut structured = Vec::new();
+    for (k, v) in &s.manifest.counts {
+        match v {
+            serde_json::Value::Object(map) => structured.push(object_table(k, map)),
+            serde_json::Value::Array(items)
+                if !items.is_empty() && items.iter().all(|i| i.is_object()) =>
+            {
+                structured.push(rows_table(k, items))
+            }
+            other => scalars.push(vec![k.clone(), show_value(other)]),
+        }
+    }
+    if !scalars.is_empty() {
+        blocks.push(Block::Table(vec!["figure".into(), "value".into()], scalars));
+    }
+    blocks.extend(structured);
+    if s.manifest.stage == "prepare" {
+        rejects_block(s, blocks)?;
+    }
+    for jsonl in files_with_ext(&s.dir, "jsonl") {
+        metric_plots(s, &jsonl, run_dir, plots_dir, blocks)?;
+    }
+    for png in pngs_to_show(&s.dir) {
+        let rel = png
+            .strip_prefix(run_dir)
+            .unwrap_or(&png)
+            .to_string_lossy()
+            .into_owned();
+        let caption = png
+            .file_stem()
+            .map(|n| n.to_string_lossy().replace(['_', '-'], " "))
+            .unwrap_or_default();
+        blocks.push(Block::Image(rel, caption));
+    }
+    Ok(())
+}
+
+fn show_value(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(f64::NAN);
+            if x.abs() >= 1000.0 {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.4}")
+            }
+        }
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn object_table(name: &str, map: &serde_json::Map<String, serde_json::Value>) -> Block {
+    // {class: {col: v}} -> rows per class; {key: scalar} -> two columns.
+    let nested: Vec<&serde_json::Map<String, serde_json::Value>> =
+        map.values().filter_map(|v| v.as_object()).collect();
+    if nested.len() == map.len() && !nested.is_empty() {
+        let mut cols: Vec<String> = Vec::new();
+        for n in &nested {
+            for k in n.keys() {
+                if !cols.contains(k) {
+                    cols.push(k.clone());
+                }
+            }
+        }
+        let rows = map
+            .iter()
+            .map(|(k, v)| {
+                let o = v.as_object().expect("checked nested");
+                std::iter::once(k.clone())
+                    .chain(
+                        cols.iter()
+                            .map(|c| o.get(c).map(show_value).unwrap_or_default()),
+                    )
+                    .collect()
+            })
+            .collect();
+        return Block::Table(
+            std::iter::once(name.to_string()).chain(cols).collect(),
+            rows,
+        );
+    }
+    Block::Table(
+        vec![name.to_string(), "value".into()],
+        map.iter()
+            .map(|(k, v)| vec![k.clone(), show_value(v)])
+            .collect(),
+    )
+}
+
+fn rows_table(name: &str, items: &[serde_json::Value]) -> Block {
+    let mut cols: Vec<String> = Vec::new();
+    for i in items {
+        for k in i.as_object().into_iter().flat_map(|o| o.keys()) {
+            if !cols.contains(k) {
+                cols.push(k.clone());
+            }
+        }
+    }
+    let rows = items
+        .iter()
+        .map(|i| {
+            cols.iter()
+                .map(|c| i.get(c).map(show_value).unwrap_or_default())
+                .collect()
+        })
+        .collect();
+    let header = if cols.is_empty() {
+        vec![name.to_string()]
+    } else {
+        cols
+    };
+    Block::Table(header, rows)
+}
+
+fn rejects_block(s: &StageDir, blocks: &mut Vec<Block>) -> Result<()> {
+    let mut rows = Vec::new();
+    let mut total = 0usize;
+    for batch in
+        TableReader::from_manifest(&s.dir, &s.manifest, "rejects", Some(&["path", "reason"]))
+    {
+        let batch = batch?;
+        let path = batch.column(0).as_any().downcast_ref::<StringArray>();
+        let reason = batch.column(1).as_any().downcast_ref::<StringArray>();
+        let (Some(path), Some(reason)) = (path, reason) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            total += 1;
+            if rows.len() < MAX_REJECTS_SHOWN {
+                rows.push(vec![path.value(i).to_string(), reason.value(i).to_string()]);
+            }
+        }
+    }
+    let shown = rows.len();
+    blocks.push(Block::Text(if total == 0 {
+        "Rejects: none; every input became an image.".to_string()
+    } else {
+        format!("Rejects: {total} input(s) did not become images (first {shown} below; all in the rejects table).")
+    }));
+    if total > 0 {
+        blocks.push(Block::Table(vec!["path".into(), "reason".into()], rows));
+    }
+    Ok(())
+}
+
+/// Plots the numeric fields of a JSON-lines metrics file against `step`:
+/// losses together, accuracies together, every other field alone.
+fn metric_plots(
+    s: &StageDir,
+    jsonl: &Path,
+    run_dir: &Path,
+    plots_dir: &Path,
+    blocks: &mut Vec<Block>,
+) -> Result<()> {
+    let text = fs::read_to_string(jsonl).at(jsonl)?;
+    let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let Ok(serde_json::Value::Object(row)) = serde_json::from_str::<serde_json::Value>(line)
+        else {
+            continue;
+        };
+        let x = row.get("step").and_then(|v| v.as_f64()).unwrap_or(i as f64);
+        for (k, v) in &row {
+            if k == "step" || k.ends_with("time") || k == "epoch" {
+                continue;
+            }
+            if let Some(y) = v.as_f64().filter(|y| y.is_finite()) {
+                series.entry(k.clone()).or_default().push((x, y));
+            }
+        }
+    }
+    let mut groups: BTreeMap<String, Vec<Series>> = BTreeMap::new();
+    for (k, points) in series {
+        if points.len() < 2 {
+            continue;
+        }
+        let group = if k.contains("loss") {
+            "losses".to_string()
+        } else if k.contains("acc") {
+            "accuracy".to_string()
+        } else {
+            k.clone()
+        };
+        groups
+            .entry(group)
+            .or_default()
+            .push(Series { name: k, points });
+    }
+    let stem = jsonl
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    for (group, series) in groups.into_iter().take(MAX_PLOTS_PER_STAGE) {
+        let file = plots_dir.join(format!(
+            "{}-{stem}-{}.png",
+            s.folder,
+            group.replace(['/', ' '], "_")
+        ));
+        let title = format!("{} {stem}: {group}", s.manifest.stage);
+        let img = line_plot(
+            &series,
+            &LinePlot {
+                title: &title,
+                x_axis: "step",
+                y_axis: &group,
+                ..Default::default()
+            },
+        );
+        save_png(&img, &file)?;
+        let rel = file
+            .strip_prefix(run_dir)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .into_owned();
+        blocks.push(Block::Image(rel, title));
+    }
+    Ok(())
+}
+
+fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == ext)
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The PNGs of a stage folder and of its sub-folders (e.g. `samples/`): all
+/// top-level ones, and of each sub-folder the first and the last (grids over
+/// training time).
+fn pngs_to_show(dir: &Path) -> Vec<PathBuf> {
+    let mut out = files_with_ext(dir, "png");
+    let mut subdirs: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    subdirs.sort();
+    for sub in subdirs {
+        let pngs = files_with_ext(&sub, "png");
+        if let Some(first) = pngs.first() {
+            out.push(first.clone());
+        }
+        if pngs.len() > 1 {
+            out.push(pngs[pngs.len() - 1].clone());
+        }
+    }
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn render_html(title: &str, blocks: &[Block]) -> String {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n<style>\
+body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}\
+table{{border-collapse:collapse;margin:0.5em 0 1em}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}\
+th{{background:#f0f0f0}}td:first-child,th:first-child{{text-align:left}}\
+img{{max-width:100%;border:1px solid #ddd;image-rendering:pixelated}}figure{{margin:0.5em 0 1.5em}}\
+h2{{border-bottom:1px solid #ddd;margin-top:1.5em}}</style></head><body>\n",
+        escape(title)
+    );
+    let mut first = true;
+    for b in blocks {
+        match b {
+            Block::Heading(t) if first => {
+                let _ = writeln!(h, "<h1>{}</h1>", escape(t));
+                first = false;
+            }
+            Block::Heading(t) => {
+                let _ = writeln!(h, "<h2>{}</h2>", escape(t));
+            }
+            Block::Text(t) => {
+                let _ = writeln!(h, "<p>{}</p>", escape(t));
+            }
+            Block::Table(head, rows) => {
+                h.push_str("<table><tr>");
+                for c in head {
+                    let _ = write!(h, "<th>{}</th>", escape(c));
+                }
+                h.push_str("</tr>\n");
+                for r in rows {
+                    h.push_str("<tr>");
+                    for c in r {
+                        let _ = write!(h, "<td>{}</td>", escape(c));
+                    }
+                    h.push_str("</tr>\n");
+                }
+                h.push_str("</table>\n");
+            }
+            Block::Image(src, caption) => {
+                let _ = writeln!(
+                    h,
+                    "<figure><img src=\"{}\" alt=\"{}\"><figcaption>{}</figcaption></figure>",
+                    escape(src),
+                    escape(caption),
+                    escape(caption)
+                );
+            }
+        }
+    }
+    h.push_str("</body></html>\n");
+    h
+}
+
+fn render_markdown(blocks: &[Block]) -> String {
+    let mut m = String::new();
+    let mut first = true;
+    for b in blocks {
+        match b {
+            Block::Heading(t) => {
+                let _ = writeln!(m, "{} {t}\n", if first { "#" } else { "##" });
+                first = false;
+            }
+            Block::Text(t) => {
+                let _ = writeln!(m, "{t}\n");
+            }
+            Block::Table(head, rows) => {
+                let cell = |s: &str| s.replace('|', "\\|");
+                let _ = writeln!(
+                    m,
+                    "| {} |",
+                    head.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                );
+                let _ = writeln!(m, "|{}", " --- |".repeat(head.len()));
+                for r in rows {
+                    let _ = writeln!(
+                        m,
+                        "| {} |",
+                        r.iter().map(|c| cell(c)).collect::<Vec<_>>().join(" | ")
+                    );
+                }
+                m.push('\n');
+            }
+            Block::Image(src, caption) => {
+                let _ = writeln!(m, "![{caption}]({src})\n");
+            }
+        }
+    }
+    m
+}
