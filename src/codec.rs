@@ -189,7 +189,13 @@ fn decode_jpeg(bytes: &[u8], opts: &Options) -> Result<(Rgb, Orientation, (u32, 
         d.scale(want(w), want(h))
             .map_err(|e| format!("corrupt JPEG ({e})"))?;
     }
-    let pixels = d.decode().map_err(|e| format!("corrupt JPEG ({e})"))?;
+    let pixels = d.decode().map_err(|e| {
+        if has_eoi(bytes) {
+            format!("corrupt JPEG ({e})")
+        } else {
+            format!("truncated JPEG (no end-of-image marker; {e})")
+        }
+    })?;
     let info = d.info().ok_or("corrupt JPEG (no frame header)")?;
     let (ow, oh) = (info.width as u32, info.height as u32);
     let n = ow as usize * oh as usize;
