@@ -18,63 +18,12 @@ pub struct Params {
     pub mode: GanMode,
 }
 
-/// The GAN modes of the paper (DESIGN.md, METHOD.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum GanMode {
-    /// Fully supervised: all true labels.
-    Biggan,
-    /// Labels from a pre-trained semi-supervised classifier (pseudo-labels).
-    #[default]
-    S2gan,
-    /// k-means cluster labels (pseudo-labels).
-    Clustering,
-    /// Co-training: a class head on D labels the unlabelled real images.
-    S2ganCo,
-    /// Co-training plus the rotation head.
-    S3gan,
-    /// Cluster labels plus the rotation head.
-    ClusteringSs,
-    /// Unconditional plus the rotation head.
-    Ssgan,
-    Unconditional,
-    /// Every image has class 0.
-    SingleLabel,
-    /// Uniformly random classes.
-    RandomLabel,
-}
+pub use crate::gan::modes::{GanMode, LabelsNeeded};
 
 impl Default for Params {
     fn default() -> Self {
         Params {
             mode: GanMode::S2gan,
-        }
-    }
-}
-
-/// Which labels a mode's training shards must carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelsNeeded {
-    /// Pseudo-labels for every image.
-    PseudoLabels,
-    /// The labelled subset; the rest unlabelled.
-    Subset,
-    /// True labels (or none at all, for modes that ignore them).
-    True,
-}
-
-impl GanMode {
-    pub fn labels_needed(self) -> LabelsNeeded {
-        match self {
-            GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
-                LabelsNeeded::PseudoLabels
-            }
-            GanMode::S2ganCo | GanMode::S3gan => LabelsNeeded::Subset,
-            GanMode::Biggan
-            | GanMode::Ssgan
-            | GanMode::Unconditional
-            | GanMode::SingleLabel
-            | GanMode::RandomLabel => LabelsNeeded::True,
         }
     }
 }

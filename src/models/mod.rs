@@ -1,0 +1,3 @@
+//! Networks: BigGAN (generator, projection discriminator) and its layers.
+pub mod biggan;
+pub mod layers;
