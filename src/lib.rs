@@ -9,7 +9,9 @@
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod gan;
 pub mod manifest;
+pub mod models;
 pub mod pipeline;
 pub mod progress;
 pub mod shard;
