@@ -9,6 +9,7 @@ pub mod modes;
 pub mod rotation;
 pub mod sample;
 pub mod tfevents;
+pub mod train;
 
 /// Seeds libtorch's generators (CPU and CUDA) from the run seed and a
 /// position (step, sub-step, purpose). Every random draw of training is made
