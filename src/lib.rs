@@ -17,5 +17,6 @@ pub mod progress;
 pub mod shard;
 pub mod stage;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};
