@@ -129,7 +129,10 @@ pub struct Gan {
 impl Gan {
     pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
         let layout = if cfg.mode.rotation() {
-            Some(RotationLayout::new(cfg.batch_size, cfg.rotated_batch_fraction)?)
+            Some(RotationLayout::new(
+                cfg.batch_size,
+                cfg.rotated_batch_fraction,
+            )?)
         } else {
             None
         };
@@ -170,7 +173,13 @@ impl Gan {
     }
 
     /// Moves a loader batch to the device with the labels the mode projects.
-    pub fn real_batch(&self, images: &Tensor, labels: &[Option<i64>], step: u64, k: u64) -> RealBatch {
+    pub fn real_batch(
+        &self,
+        images: &Tensor,
+        labels: &[Option<i64>],
+        step: u64,
+        k: u64,
+    ) -> RealBatch {
         let b = labels.len() as i64;
         let images = images.to_device(self.device);
         let (labels, known) = match self.cfg.mode.real_labels() {
@@ -211,7 +220,13 @@ impl Gan {
 
     /// One discriminator update over `batches` (accumulated). `d` numbers
     /// the D step within the G step (its fakes get their own latents).
-    pub fn d_step(&mut self, step: u64, d: u64, batches: &[RealBatch], out: &mut Scalars) -> Result<()> {
+    pub fn d_step(
+        &mut self,
+        step: u64,
+        d: u64,
+        batches: &[RealBatch],
+        out: &mut Scalars,
+    ) -> Result<()> {
         self.opt_d.zero_grad();
         let accum = batches.len() as f64;
         for (k, real) in batches.iter().enumerate() {
@@ -241,13 +256,22 @@ impl Gan {
             let mut loss = &lr + &lf;
             out.add("d/loss_real", finite(step, "D hinge loss (real)", &lr)?);
             out.add("d/loss_fake", finite(step, "D hinge loss (fake)", &lf)?);
-            out.add("d/real_logit", o.logit.narrow(0, 0, b).mean(Kind::Float).double_value(&[]));
-            out.add("d/fake_logit", o.logit.narrow(0, r, b).mean(Kind::Float).double_value(&[]));
+            out.add(
+                "d/real_logit",
+                o.logit.narrow(0, 0, b).mean(Kind::Float).double_value(&[]),
+            );
+            out.add(
+                "d/fake_logit",
+                o.logit.narrow(0, r, b).mean(Kind::Float).double_value(&[]),
+            );
             if let (Some(l), Some(rot)) = (&self.layout, &o.rotation_logits) {
                 let logits = l.rotation_rows(&rot.narrow(0, 0, r));
                 let t = l.targets(self.device);
                 let ce = cross_entropy(&logits, &t);
-                out.add("d/rotation_loss", finite(step, "D rotation loss (real)", &ce)?);
+                out.add(
+                    "d/rotation_loss",
+                    finite(step, "D rotation loss (real)", &ce)?,
+                );
                 out.add("d/rotation_accuracy", accuracy(&logits, &t, None));
                 loss += ce * self.cfg.weight_rotation_d;
             }
@@ -261,7 +285,10 @@ impl Gan {
             }
             out.add(
                 "data/labelled_fraction",
-                real.known.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]),
+                real.known
+                    .to_kind(Kind::Float)
+                    .mean(Kind::Float)
+                    .double_value(&[]),
             );
             let total = finite(step, "D loss", &loss)?;
             out.add("d/loss", total);
@@ -295,7 +322,10 @@ impl Gan {
                 let logits = l.rotation_rows(rot);
                 let t = l.targets(self.device);
                 let ce = cross_entropy(&logits, &t);
-                out.add("g/rotation_loss", finite(step, "G rotation loss (fake)", &ce)?);
+                out.add(
+                    "g/rotation_loss",
+                    finite(step, "G rotation loss (fake)", &ce)?,
+                );
                 out.add("g/rotation_accuracy", accuracy(&logits, &t, None));
                 loss += ce * self.cfg.weight_rotation_g;
             }
@@ -354,7 +384,13 @@ pub struct TrainOutcome {
 /// Trains in `out` (checkpoints/, samples/, tensorboard/, metrics.jsonl,
 /// then model.json and ema.safetensors), resuming from the newest
 /// checkpoint there when `resume` is set.
-pub fn train(cfg: &TrainConfig, files: Vec<PathBuf>, out: &Path, device: Device, resume: bool) -> Result<TrainOutcome> {
+pub fn train(
+    cfg: &TrainConfig,
+    files: Vec<PathBuf>,
+    out: &Path,
+    device: Device,
+    resume: bool,
+) -> Result<TrainOutcome> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
@@ -416,7 +452,14 @@ pub fn train(cfg: &TrainConfig, files: Vec<PathBuf>, out: &Path, device: Device,
                     .next()
                     .ok_or_else(|| Error::invalid("the training loader stopped early"))??;
                 let images = if factor > 1 {
-                    b.images.avg_pool2d([factor, factor], [factor, factor], [0, 0], false, true, None)
+                    b.images.avg_pool2d(
+                        [factor, factor],
+                        [factor, factor],
+                        [0, 0],
+                        false,
+                        true,
+                        None,
+                    )
                 } else {
                     b.images
                 };
@@ -491,7 +534,10 @@ pub fn train(cfg: &TrainConfig, files: Vec<PathBuf>, out: &Path, device: Device,
         standing_batch_size: cfg.batch_size,
     };
     let info_path = out.join(MODEL_FILE);
-    write_atomic(&info_path, &serde_json::to_vec_pretty(&info).at(&info_path)?)?;
+    write_atomic(
+        &info_path,
+        &serde_json::to_vec_pretty(&info).at(&info_path)?,
+    )?;
     Ok(TrainOutcome {
         steps: cfg.steps,
         resumed_from: start,

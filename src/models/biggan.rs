@@ -570,6 +570,41 @@ mod tests {
         assert_eq!(Vec::<i64>::try_from(&y).expect("vec"), vec![3, 2, 1, 5]);
     }
 
+    fn counts(cfg: &Config) -> (i64, i64) {
+        let ctx = LayerCtx::new(false);
+        let (vg, vd) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+        let _g = Generator::new(&vg.root(), cfg, &ctx);
+        let _d = Discriminator::new(&vd.root(), cfg, &ctx);
+        (parameter_count(&vg), parameter_count(&vd))
+    }
+
+    /// BigGAN 128x128 at ch = 96 has about 70M parameters in G and 88M in D
+    /// (METHOD.md). Counts are quadratic in ch (for ch a multiple of 8), so
+    /// three small builds give the ch = 96 count exactly without allocating
+    /// 158M weights; it equals the PyTorch model of benches/gan/biggan_torch.py:
+    /// `sum(p.numel() for p in Generator(128, 96, 1000, [64]).parameters())`.
+    #[test]
+    fn biggan_128_has_70m_and_88m_parameters() {
+        let at = |ch: i64| {
+            counts(&Config {
+                ch,
+                ..Config::biggan_128()
+            })
+        };
+        let (g8, d8) = at(8);
+        let (g16, d16) = at(16);
+        let (g24, d24) = at(24);
+        // Newton forward differences at 8, 16, 24 evaluated at 96 = 8 + 11 * 8.
+        let extrapolate = |a: i64, b: i64, c: i64| {
+            let (d1, d2) = (b - a, c - 2 * b + a);
+            a + 11 * d1 + 11 * 10 / 2 * d2
+        };
+        let (g, d) = (extrapolate(g8, g16, g24), extrapolate(d8, d16, d24));
+        println!("BigGAN 128x128 ch 96: G {g} parameters, D {d} parameters");
+        assert_eq!(g, 70_434_324);
+        assert_eq!(d, 87_982_538);
+    }
+
     #[test]
     fn arch_tables_match_biggan_pytorch() {
         let g = g_arch(128, 96);
