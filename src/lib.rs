@@ -6,13 +6,18 @@
 //! files, the run loop) -> [`stages`] (one module per stage) -> building
 //! blocks ([`shard`], [`codec`], [`models`], [`gan`], [`metrics`]) -> core
 //! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`]).
+pub mod codec;
 pub mod device;
 pub mod error;
 pub mod fsutil;
 pub mod gan;
+pub mod input;
+pub mod kmeans;
 pub mod manifest;
+pub mod metrics;
 pub mod models;
 pub mod pipeline;
+pub mod plot;
 pub mod progress;
 pub mod shard;
 pub mod stage;

@@ -468,12 +468,22 @@ fn diff_params(old: &serde_json::Value, new: &serde_json::Value) -> String {
 
 /// Turns a TOML error into one line: `FILE:LINE: message`.
 fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> Error {
-    let line = e
-        .span()
-        .map(|s| source[..s.start.min(source.len())].lines().count().max(1))
-        .unwrap_or(1);
+    let start = e.span().map(|s| s.start.min(source.len())).unwrap_or(0);
+    let mut line = source[..start].matches('\n').count() + 1;
     let mut msg = e.message().trim().replace('\n', " ");
-    if msg.starts_with("unknown field") {
+    // toml spans an unknown key by its whole table: point at the key's own line.
+    if let Some(key) = msg
+        .strip_prefix("unknown field `")
+        .and_then(|m| m.split('`').next())
+    {
+        let is_key = |l: &str| {
+            let l = l.trim_start().trim_start_matches('[').trim_start();
+            l.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with(['=', ']', '.']))
+        };
+        if let Some(offset) = source.lines().skip(line - 1).position(is_key) {
+            line += offset;
+        }
         msg.push_str(
             "; remove it or fix its spelling (`fewlabels STAGE --help` lists the parameters)",
         );

@@ -2,6 +2,10 @@
 //! `schemas/NAME.json` holds each as a checked-in file; `tests/schemas.rs`
 //! fails when the code drifts from it. The `huggingface` metadata key makes
 //! `datasets` read `image` as an Image feature and `label` as a ClassLabel.
+//! `datasets` only honours that metadata for a column whose Arrow field equals
+//! its own, and its fields are all nullable: so every column that carries a
+//! feature type (image, label, sequences) is declared nullable here, and the
+//! writers guarantee non-null values where the table's doc says so.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -90,7 +94,7 @@ pub fn images(class_names: &[String]) -> SchemaRef {
             Field::new("label", DataType::Int64, true),
             Field::new("width", DataType::Int32, false),
             Field::new("height", DataType::Int32, false),
-            Field::new("image", image_type(), false),
+            Field::new("image", image_type(), true),
         ],
         json!({
             "id": value("uint64"), "path": value("string"), "label": class_label(class_names),
@@ -117,7 +121,7 @@ pub fn labels(class_names: &[String]) -> SchemaRef {
     with_metadata(
         vec![
             Field::new("id", DataType::UInt64, false),
-            Field::new("label", DataType::Int64, false),
+            Field::new("label", DataType::Int64, true),
             Field::new("split", DataType::Utf8, false),
         ],
         json!({"id": value("uint64"), "label": class_label(class_names), "split": value("string")}),
@@ -134,7 +138,7 @@ pub fn features(dim: usize, logits_dim: usize) -> SchemaRef {
         Field::new(
             "feature",
             DataType::FixedSizeList(item.clone(), dim as i32),
-            false,
+            true,
         ),
     ];
     let mut features = json!({
@@ -145,7 +149,7 @@ pub fn features(dim: usize, logits_dim: usize) -> SchemaRef {
         fields.push(Field::new(
             "logits",
             DataType::FixedSizeList(item, logits_dim as i32),
-            false,
+            true,
         ));
         features["logits"] =
             json!({"feature": value("float32"), "length": logits_dim, "_type": "Sequence"});
@@ -158,7 +162,7 @@ pub fn pseudo_labels(class_names: &[String]) -> SchemaRef {
     with_metadata(
         vec![
             Field::new("id", DataType::UInt64, false),
-            Field::new("label", DataType::Int64, false),
+            Field::new("label", DataType::Int64, true),
             Field::new("source", DataType::Utf8, false),
             Field::new("confidence", DataType::Float32, false),
         ],
@@ -175,7 +179,7 @@ pub fn train(class_names: &[String]) -> SchemaRef {
     with_metadata(
         vec![
             Field::new("id", DataType::UInt64, false),
-            Field::new("image", image_type(), false),
+            Field::new("image", image_type(), true),
             Field::new("label", DataType::Int64, true),
             Field::new("label_source", DataType::Utf8, false),
         ],

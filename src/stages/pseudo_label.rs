@@ -1,21 +1,111 @@
-//! Stage `pseudo-label`: labels every image by k-means or by the classifier head. Placeholder until its issue lands.
-use std::path::Path;
+//! Stage `pseudo-label`: one label per image, its source and a confidence,
+//! as `pseudo_labels/` (id, label, source, confidence), plus a quality
+//! report whenever the images carry true labels (hidden from the labelling,
+//! as in the paper's ImageNet runs).
+//!
+//! `--method kmeans` ("Clustering" in Lucic et al. 2019): k-means over
+//! `features/`; the label is the cluster index (classes `cluster-0`, ...),
+//! the source `cluster`, the confidence `1 - d1/d2` from the distances to the
+//! nearest and second-nearest centroid. `--method classifier` (S2GAN) labels
+//! the unlabelled images with the extractor's linear head (`predicted`) and
+//! keeps the given labels (`given`).
+//!
+//! Quality report (`quality.json`, `confusion.png`, and the summary): for
+//! clusters, accuracy after Hungarian matching of clusters to classes, NMI,
+//! ARI and purity; for predicted labels also accuracy on the unlabelled
+//! images and per-class precision and recall.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow::array::{
+    Array, ArrayRef, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray,
+    UInt64Array,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::write_atomic;
+use crate::kmeans;
 use crate::manifest::Manifest;
-use crate::progress::Outcome;
-use crate::stage::Input;
+use crate::metrics::clustering::{self, Contingency};
+use crate::progress::{self, Outcome};
+use crate::shard::{schema, TableReader, TableWriter};
+use crate::stage::{self, Input, StageRun};
+use crate::stages::tables;
 use crate::stages::Exec;
 
+pub const NAME: &str = "pseudo-label";
+
+/// How labels are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// k-means clusters of the features (the paper's "Clustering").
+    #[default]
+    Kmeans,
+    /// The pretrained extractor's linear head (S2GAN); needs features with logits.
+    Classifier,
+}
+
 /// Everything that changes this stage's output.
-#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {}
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Params {
+    #[arg(long, value_enum, default_value_t = Method::Kmeans)]
+    pub method: Method,
+    /// Number of clusters; 0 = the number of classes of the images table.
+    #[arg(long, default_value_t = 0)]
+    pub clusters: usize,
+    /// Seed of the k-means initialisation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// k-means initialisation.
+    #[arg(long, value_enum, default_value_t = kmeans::Init::Auto)]
+    pub init: kmeans::Init,
+    /// k-means implementation (by problem size when auto).
+    #[arg(long, value_enum, default_value_t = kmeans::Backend::Auto)]
+    pub backend: kmeans::Backend,
+    /// k-means iterations at most.
+    #[arg(long, default_value_t = 100)]
+    pub max_iter: usize,
+    /// k-means stops when centroids move less than this times the mean feature variance.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tol: f64,
+    /// Mini-batch size of the linfa back-end (0 = automatic).
+    #[arg(long, default_value_t = 0)]
+    pub batch_size: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            method: Method::Kmeans,
+            clusters: 0,
+            seed: 0,
+            init: kmeans::Init::Auto,
+            backend: kmeans::Backend::Auto,
+            max_iter: 100,
+            tol: 1e-4,
+            batch_size: 0,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Cli {
+    /// The `features/` folder of `embed`.
+    #[arg(long)]
+    pub features: PathBuf,
+    /// The `labels/` folder of `sample-labels` (the classifier keeps these labels).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// The `images/` folder of `prepare`: true labels for the quality report.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Where `pseudo_labels/` goes.
+    #[arg(long)]
+    pub output: PathBuf,
     #[command(flatten)]
     pub params: Params,
     #[command(flatten)]
@@ -42,10 +132,411 @@ pub fn run(
     params: &Params,
     exec: &Exec,
 ) -> Result<(Manifest, Outcome)> {
-    let _ = (features, labels, images, output, params, exec);
-    Err(Error::invalid("stage `pseudo-label` is not built yet"))
+    if params.max_iter == 0 {
+        return Err(Error::invalid("--max-iter 0: give at least 1"));
+    }
+    if !(params.tol >= 0.0 && params.tol.is_finite()) {
+        return Err(Error::invalid(format!(
+            "--tol {}: must be >= 0",
+            params.tol
+        )));
+    }
+    stage::run_stage(
+        NAME,
+        output,
+        params,
+        &inputs(features, labels, images),
+        |run| {
+            let labelling = match params.method {
+                Method::Kmeans => label_by_kmeans(features, images, params, exec, run)?,
+                Method::Classifier => {
+                    label_by_classifier(features, labels, images, params, exec, run)?
+                }
+            };
+            write_labelling(run, &labelling)?;
+            quality_report(run, images, &labelling)
+        },
+    )
 }
 
-pub fn main(_cli: Cli) -> Result<()> {
-    Err(Error::invalid("stage `pseudo-label` is not built yet"))
+/// Where a label came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// A label of the kept labelled subset.
+    Given,
+    /// A k-means cluster index.
+    Cluster,
+    /// The classifier's prediction for an unlabelled image.
+    Predicted,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Given => "given",
+            Source::Cluster => "cluster",
+            Source::Predicted => "predicted",
+        }
+    }
+}
+
+/// The labels a method made, before they are written.
+pub struct Labelling {
+    pub ids: Vec<u64>,
+    /// Indices into `label_names`.
+    pub labels: Vec<i64>,
+    pub sources: Vec<Source>,
+    pub confidence: Vec<f32>,
+    /// Names of the label values (the table's class names).
+    pub label_names: Vec<String>,
+    /// True when labels are class indices (classifier); false for cluster indices.
+    pub labels_are_classes: bool,
+}
+
+/// The whole `features/` table in memory: ids and a row-major n x dim matrix.
+/// k-means needs every point each iteration (1.28M x 2048 f32 is 10.5 GB).
+pub struct FeatureMatrix {
+    pub ids: Vec<u64>,
+    pub dim: usize,
+    pub values: Vec<f32>,
+    /// The linear head's logits (n x logits_dim), when the table has them.
+    pub logits: Option<(usize, Vec<f32>)>,
+}
+
+pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
+    let m = Manifest::read_complete(features, "embed")?;
+    let mut out = FeatureMatrix {
+        ids: Vec::new(),
+        dim: 0,
+        values: Vec::new(),
+        logits: None,
+    };
+    let list = |batch: &RecordBatch, name: &str| -> Result<Option<(usize, Vec<f32>)>> {
+        let Some(col) = batch.column_by_name(name) else {
+            return Ok(None);
+        };
+        let l = col
+            .as_any()
+            .downcast_ref::<FixedSizeListArray>()
+            .ok_or_else(|| {
+                Error::file(
+                    features,
+                    format!("`{name}` is not a fixed-size list; re-run `embed`"),
+                )
+            })?;
+        let v = l
+            .values()
+            .as_any()
+            .downcast_ref::<Float32Array>()
+            .ok_or_else(|| {
+                Error::file(
+                    features,
+                    format!("`{name}` is not a list of f32; re-run `embed`"),
+                )
+            })?;
+        let dim = l.value_length() as usize;
+        let start = l.offset() * dim;
+        Ok(Some((
+            dim,
+            v.values()[start..start + l.len() * dim].to_vec(),
+        )))
+    };
+    for batch in TableReader::from_manifest(features, &m, "features", None) {
+        let batch = batch?;
+        out.ids.extend(
+            tables::u64_column(&batch, "id", features)?
+                .values()
+                .iter()
+                .copied(),
+        );
+        let (dim, v) = list(&batch, "feature")?
+            .ok_or_else(|| Error::file(features, "has no `feature` column; re-run `embed`"))?;
+        out.dim = dim;
+        out.values.extend(v);
+        if let Some((ld, lv)) = list(&batch, "logits")? {
+            out.logits
+                .get_or_insert_with(|| (ld, Vec::new()))
+                .1
+                .extend(lv);
+        }
+    }
+    if out.ids.is_empty() {
+        return Err(Error::file(
+            features,
+            "the features table is empty; nothing to label",
+        ));
+    }
+    Ok(out)
+}
+
+/// `--method kmeans`: cluster indices for every image.
+fn label_by_kmeans(
+    features: &Path,
+    images: &Path,
+    params: &Params,
+    exec: &Exec,
+    run: &mut StageRun,
+) -> Result<Labelling> {
+    let t0 = std::time::Instant::now();
+    let f = read_features(features)?;
+    run.phase("read", t0.elapsed().as_secs_f64());
+    let k = if params.clusters > 0 {
+        params.clusters
+    } else {
+        let m = Manifest::read_complete(images, "prepare")?;
+        let n = tables::class_names(images, &m, "images")?.len();
+        if n == 0 {
+            return Err(Error::invalid(
+                "--clusters 0 means the number of classes, but the images table names none; give --clusters K",
+            ));
+        }
+        n
+    };
+    let n = f.ids.len();
+    let cfg = kmeans::Config {
+        k,
+        max_iter: params.max_iter,
+        tol: params.tol,
+        init: params.init,
+        seed: params.seed,
+        backend: params.backend,
+        batch_size: params.batch_size,
+        device: exec.device.resolve()?,
+    };
+    let (backend, init) = kmeans::resolve(&cfg, n, f.dim);
+    progress::note(format!(
+        "{NAME}: k-means, {n} points x {} dims, k = {k}, {backend:?} back-end, {init:?} init",
+        f.dim
+    ));
+    let c = kmeans::fit(&f.values, n, f.dim, &cfg)?;
+    run.phase("kmeans_init", c.init_seconds);
+    run.phase("kmeans_iterate", c.iterate_seconds);
+    run.count("kmeans_backend", format!("{:?}", c.backend).to_lowercase());
+    run.count("kmeans_init", format!("{:?}", c.init).to_lowercase());
+    run.count("kmeans_minibatch", c.minibatch);
+    run.count("kmeans_iterations", c.iterations as u64);
+    run.count("kmeans_converged", c.converged);
+    run.count("kmeans_inertia", c.inertia);
+    run.count("clusters", k as u64);
+    run.count("dim", f.dim as u64);
+    let mut sizes = vec![0u64; k];
+    for &l in &c.labels {
+        sizes[l as usize] += 1;
+    }
+    run.count("cluster_size_min", sizes.iter().copied().min().unwrap_or(0));
+    run.count("cluster_size_max", sizes.iter().copied().max().unwrap_or(0));
+    Ok(Labelling {
+        labels: c.labels.iter().map(|&l| l as i64).collect(),
+        sources: vec![Source::Cluster; n],
+        confidence: c.confidence,
+        ids: f.ids,
+        label_names: tables::numbered_names("cluster", k),
+        labels_are_classes: false,
+    })
+}
+
+/// `--method classifier`: the extractor's linear head labels the unlabelled
+/// images; the labelled subset keeps its labels. Built with the pretrain stage.
+fn label_by_classifier(
+    features: &Path,
+    labels: Option<&Path>,
+    images: &Path,
+    params: &Params,
+    exec: &Exec,
+    run: &mut StageRun,
+) -> Result<Labelling> {
+    let _ = (features, labels, images, params, exec, run);
+    Err(Error::invalid(
+        "--method classifier is not built yet; use --method kmeans",
+    ))
+}
+
+fn write_labelling(run: &mut StageRun, l: &Labelling) -> Result<()> {
+    let schema = schema::pseudo_labels(&l.label_names);
+    let mut w = TableWriter::new(&run.dir, "pseudo_labels", schema.clone(), 1 << 22);
+    let n = l.ids.len();
+    let step = 1 << 16;
+    let mut s = 0;
+    while s < n {
+        let e = (s + step).min(n);
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from(l.ids[s..e].to_vec())),
+            Arc::new(Int64Array::from(l.labels[s..e].to_vec())),
+            Arc::new(StringArray::from_iter_values(
+                l.sources[s..e].iter().map(|x| x.as_str()),
+            )),
+            Arc::new(Float32Array::from(l.confidence[s..e].to_vec())),
+        ];
+        w.write(&RecordBatch::try_new(schema.clone(), cols).at(&run.dir)?)?;
+        s = e;
+    }
+    for (file, rows) in w.finish()? {
+        run.add_output(file, Some(rows))?;
+    }
+    run.count("images", n as u64);
+    for src in [Source::Given, Source::Cluster, Source::Predicted] {
+        let c = l.sources.iter().filter(|s| **s == src).count();
+        if c > 0 {
+            run.count(&format!("source_{}", src.as_str()), c as u64);
+        }
+    }
+    let mean_conf = l.confidence.iter().map(|&c| c as f64).sum::<f64>() / n.max(1) as f64;
+    run.count("confidence_mean", mean_conf);
+    Ok(())
+}
+
+/// What `quality.json` holds.
+#[derive(Debug, Serialize)]
+pub struct QualityReport {
+    /// Images with a true label that were scored.
+    pub scored: u64,
+    pub class_names: Vec<String>,
+    pub label_names: Vec<String>,
+    /// Cluster-style scores over every scored image.
+    pub clustering: clustering::ClusterQuality,
+    /// For class labels: scores on the images whose label was predicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<clustering::PredictionQuality>,
+    /// Rows: true classes; columns: labels.
+    pub contingency: Vec<Vec<u64>>,
+}
+
+/// Scores the labelling against the images' true labels, when there are any:
+/// writes `quality.json` and `confusion.png` and puts the figures in the summary.
+fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()> {
+    let m = Manifest::read_complete(images, "prepare")?;
+    let class_names = tables::class_names(images, &m, "images")?;
+    let truth = tables::read_id_labels(images, &m, "images")?;
+    let truth: HashMap<u64, i64> = truth
+        .ids
+        .iter()
+        .zip(&truth.labels)
+        .filter_map(|(&id, l)| l.map(|l| (id, l)))
+        .collect();
+    let n_classes = class_names.len();
+    let mut t = Vec::new();
+    let mut p = Vec::new();
+    let mut predicted_rows = Vec::new();
+    for (i, id) in l.ids.iter().enumerate() {
+        if let Some(&c) = truth.get(id) {
+            if c < 0 || c as usize >= n_classes {
+                continue;
+            }
+            t.push(c as usize);
+            p.push(l.labels[i] as usize);
+            if l.sources[i] == Source::Predicted {
+                predicted_rows.push(t.len() - 1);
+            }
+        }
+    }
+    if t.is_empty() {
+        run.count(
+            "quality",
+            "no true labels in the images table: no quality report",
+        );
+        return Ok(());
+    }
+    let (cq, contingency) = clustering::cluster_quality(&t, &p, n_classes, l.label_names.len())?;
+    let predicted = if l.labels_are_classes && !predicted_rows.is_empty() {
+        let tt: Vec<usize> = predicted_rows.iter().map(|&i| t[i]).collect();
+        let pp: Vec<usize> = predicted_rows.iter().map(|&i| p[i]).collect();
+        Some(clustering::prediction_quality(&tt, &pp, n_classes)?.0)
+    } else {
+        None
+    };
+    run.count("quality_scored", t.len() as u64);
+    run.count("quality_accuracy", cq.accuracy);
+    run.count("quality_nmi", cq.nmi);
+    run.count("quality_ari", cq.ari);
+    run.count("quality_purity", cq.purity);
+    if let Some(pq) = &predicted {
+        run.count("quality_predicted_accuracy", pq.accuracy);
+        run.count("quality_predicted_macro_precision", pq.macro_precision);
+        run.count("quality_predicted_macro_recall", pq.macro_recall);
+    }
+    // Heat map: clusters in matched order; classes in their own order.
+    let order = if l.labels_are_classes {
+        None
+    } else {
+        Some(clustering::matched_order(&cq.matching, n_classes))
+    };
+    let title = match &predicted {
+        Some(pq) => format!(
+            "{} images: accuracy {:.3} (unlabelled: {:.3})",
+            t.len(),
+            cq.accuracy,
+            pq.accuracy
+        ),
+        None => format!(
+            "{} images, {} clusters: accuracy {:.3}, NMI {:.3}, ARI {:.3}",
+            t.len(),
+            l.label_names.len(),
+            cq.accuracy,
+            cq.nmi,
+            cq.ari
+        ),
+    };
+    let img = clustering::confusion_image(
+        &contingency,
+        &class_names,
+        &l.label_names,
+        order.as_deref(),
+        &title,
+    );
+    crate::plot::save_png(&img, &run.dir.join("confusion.png"))?;
+    run.add_output("confusion.png", None)?;
+    let report = QualityReport {
+        scored: t.len() as u64,
+        class_names,
+        label_names: l.label_names.clone(),
+        clustering: cq,
+        predicted,
+        contingency: contingency_rows(&contingency),
+    };
+    let path = run.dir.join("quality.json");
+    write_atomic(&path, &serde_json::to_vec_pretty(&report).at(&path)?)?;
+    run.add_output("quality.json", None)?;
+    Ok(())
+}
+
+fn contingency_rows(c: &Contingency) -> Vec<Vec<u64>> {
+    (0..c.n_true)
+        .map(|t| (0..c.n_pred).map(|p| c.get(t, p)).collect())
+        .collect()
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    crate::device::set_threads(cli.exec.threads);
+    run(
+        &cli.features,
+        cli.labels.as_deref(),
+        &cli.images,
+        &cli.output,
+        &cli.params,
+        &cli.exec,
+    )
+    .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        p: Params,
+    }
+
+    #[test]
+    fn clap_defaults_equal_params_default() {
+        assert_eq!(Wrap::try_parse_from(["x"]).unwrap().p, Params::default());
+        let from_toml: Params = toml::from_str("").unwrap();
+        assert_eq!(from_toml, Params::default());
+        let p: Params = toml::from_str("init = \"kmeans++\"\nbackend = \"torch\"").unwrap();
+        assert_eq!(p.init, kmeans::Init::KmeansPlusPlus);
+        assert_eq!(p.backend, kmeans::Backend::Torch);
+    }
 }

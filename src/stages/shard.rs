@@ -1,13 +1,42 @@
-//! Stage `shard`: writes shuffled training shards. Placeholder until its issue lands.
-use std::path::Path;
+//! Stage `shard`: joins `images/` with labels into shuffled training shards
+//! `train/train-00000.arrow`, ... (id, image, label, label_source; `label`
+//! null = unlabelled), loadable by `datasets` as Image + ClassLabel.
+//!
+//! Labels come from `pseudo_labels/` (every image), from `labels/` (the
+//! labelled subset; the rest unlabelled, for co-training) or from the
+//! images' own labels (the fully supervised baseline).
+//!
+//! The shuffle is a seeded permutation of the image ids. Memory stays
+//! bounded by writing in two passes: the images are scattered into at most
+//! 64 scratch buckets by their output position, then each bucket is sorted
+//! and cut into final shards. A re-run of an interrupted attempt keeps the
+//! final shards it finished and only rebuilds the rest.
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arrow::array::{
+    Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array, UInt64Array,
+};
+use arrow::compute::{concat_batches, take};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
-use crate::progress::Outcome;
-use crate::stage::Input;
+use crate::progress::{self, Outcome};
+use crate::shard::{schema, ShardFile, TableReader, TableWriter};
+use crate::stage::{self, Input, StageRun};
+use crate::stages::tables;
 use crate::stages::Exec;
+
+pub const NAME: &str = "shard";
+const MAX_BUCKETS: usize = 64;
+const SCRATCH: &str = "_scratch";
 
 /// Where the training labels come from.
 #[derive(Debug, Clone, Copy)]
@@ -21,12 +50,40 @@ pub enum LabelSource<'a> {
 }
 
 /// Everything that changes this stage's output.
-#[derive(clap::Args, Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Params {}
+#[derive(clap::Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Params {
+    /// Seed of the shuffle.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Rows per training shard file.
+    #[arg(long, default_value_t = 10_000)]
+    pub rows_per_shard: usize,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            seed: 0,
+            rows_per_shard: 10_000,
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Cli {
+    /// The `images/` folder of `prepare`.
+    #[arg(long)]
+    pub images: PathBuf,
+    /// Labels from `pseudo-label`.
+    #[arg(long, conflicts_with = "labels")]
+    pub pseudo_labels: Option<PathBuf>,
+    /// The labelled subset from `sample-labels` (the rest unlabelled).
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Where `train/` goes.
+    #[arg(long)]
+    pub output: PathBuf,
     #[command(flatten)]
     pub params: Params,
     #[command(flatten)]
@@ -51,10 +108,347 @@ pub fn run(
     params: &Params,
     exec: &Exec,
 ) -> Result<(Manifest, Outcome)> {
-    let _ = (images, labels, output, params, exec);
-    Err(Error::invalid("stage `shard` is not built yet"))
+    let _ = exec;
+    if params.rows_per_shard == 0 {
+        return Err(Error::invalid("--rows-per-shard 0: give at least 1"));
+    }
+    stage::run_stage(NAME, output, params, &inputs(images, labels), |run| {
+        body(images, labels, params, run)
+    })
 }
 
-pub fn main(_cli: Cli) -> Result<()> {
-    Err(Error::invalid("stage `shard` is not built yet"))
+/// The label of each image id, its source, and the class names.
+struct Join {
+    labels: HashMap<u64, (Option<i64>, &'static str)>,
+    names: Vec<String>,
+    /// Label source for images the map does not mention.
+    default_source: &'static str,
+}
+
+fn label_join(images: &Path, im: &Manifest, source: LabelSource<'_>, ids: &[u64]) -> Result<Join> {
+    let known: std::collections::HashSet<u64> = ids.iter().copied().collect();
+    let check = |id: u64, dir: &Path| -> Result<()> {
+        if known.contains(&id) {
+            Ok(())
+        } else {
+            Err(Error::file(
+                dir,
+                format!(
+                    "labels image {id}, which is not in {}; re-run it on these images",
+                    images.display()
+                ),
+            ))
+        }
+    };
+    match source {
+        LabelSource::TrueLabels => {
+            let t = tables::read_id_labels(images, im, "images")?;
+            let labels = t
+                .ids
+                .iter()
+                .zip(&t.labels)
+                .map(|(&id, l)| (id, (*l, if l.is_some() { "true" } else { "unlabelled" })))
+                .collect();
+            Ok(Join {
+                labels,
+                names: tables::class_names(images, im, "images")?,
+                default_source: "unlabelled",
+            })
+        }
+        LabelSource::PseudoLabels(dir) => {
+            let m = Manifest::read_complete(dir, "pseudo-label")?;
+            let names = tables::class_names(dir, &m, "pseudo_labels")?;
+            let mut labels = HashMap::new();
+            for batch in TableReader::from_manifest(
+                dir,
+                &m,
+                "pseudo_labels",
+                Some(&["id", "label", "source"]),
+            ) {
+                let batch = batch?;
+                let id = tables::u64_column(&batch, "id", dir)?;
+                let label = tables::i64_column(&batch, "label", dir)?;
+                let src = tables::str_column(&batch, "source", dir)?;
+                for i in 0..batch.num_rows() {
+                    check(id.value(i), dir)?;
+                    let s = match src.value(i) {
+                        "given" => "given",
+                        "cluster" => "cluster",
+                        "predicted" => "predicted",
+                        other => {
+                            return Err(Error::file(
+                                dir,
+                                format!("unknown label source `{other}`; re-run `pseudo-label`"),
+                            ))
+                        }
+                    };
+                    labels.insert(id.value(i), (Some(label.value(i)), s));
+                }
+            }
+            Ok(Join {
+                labels,
+                names,
+                default_source: "unlabelled",
+            })
+        }
+        LabelSource::Labels(dir) => {
+            let m = Manifest::read_complete(dir, "sample-labels")?;
+            let names = tables::class_names(dir, &m, "labels")?;
+            let mut labels = HashMap::new();
+            for batch in
+                TableReader::from_manifest(dir, &m, "labels", Some(&["id", "label", "split"]))
+            {
+                let batch = batch?;
+                let id = tables::u64_column(&batch, "id", dir)?;
+                let label = tables::i64_column(&batch, "label", dir)?;
+                let split = tables::str_column(&batch, "split", dir)?;
+                for i in 0..batch.num_rows() {
+                    check(id.value(i), dir)?;
+                    // Held-out labels are for validation: unlabelled in training.
+                    if split.value(i) == "train" {
+                        labels.insert(id.value(i), (Some(label.value(i)), "given"));
+                    }
+                }
+            }
+            Ok(Join {
+                labels,
+                names,
+                default_source: "unlabelled",
+            })
+        }
+    }
+}
+
+/// Scratch rows: output position, id and image.
+fn scratch_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pos", DataType::UInt64, false),
+        Field::new("id", DataType::UInt64, false),
+        Field::new("image", schema::image_type(), false),
+    ]))
+}
+
+fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut StageRun) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let im = Manifest::read_complete(images, "prepare")?;
+    let mut ids = tables::read_ids(images, &im, "images")?;
+    let join = label_join(images, &im, source, &ids)?;
+    // The permutation: sorted ids shuffled by the seed.
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Error::file(
+            images,
+            "image ids are not unique; re-run `prepare`",
+        ));
+    }
+    let mut order = ids;
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(params.seed));
+    let n = order.len();
+    let pos: HashMap<u64, u64> = order
+        .iter()
+        .enumerate()
+        .map(|(p, &id)| (id, p as u64))
+        .collect();
+    let rps = params.rows_per_shard;
+    let n_shards = n.div_ceil(rps).max(1);
+    let per_bucket = n_shards.div_ceil(MAX_BUCKETS);
+    let n_buckets = n_shards.div_ceil(per_bucket);
+    let shard_name = |s: usize| TableWriter::shard_name("train", s);
+    let done: Vec<bool> = (0..n_shards)
+        .map(|s| run.resuming && run.dir.join(shard_name(s)).exists())
+        .collect();
+    run.phase("plan", t0.elapsed().as_secs_f64());
+    let out_schema = schema::train(&join.names);
+    let n_names = join.names.len() as i64;
+
+    if n == 0 {
+        // Still one (empty) file, so readers find the schema.
+        let w = TableWriter::new(&run.dir, "train", out_schema, rps);
+        for (f, r) in w.finish()? {
+            run.add_output(f, Some(r))?;
+        }
+        run.count("images", 0u64);
+        return Ok(());
+    }
+
+    // Pass 1: scatter into buckets by output position.
+    let t1 = std::time::Instant::now();
+    let scratch = run.dir.join(SCRATCH);
+    if scratch.exists() {
+        fs::remove_dir_all(&scratch).at(&scratch)?;
+    }
+    fs::create_dir_all(&scratch).at(&scratch)?;
+    let sschema = scratch_schema();
+    let bucket_path = |b: usize| scratch.join(format!("bucket-{b:05}.arrow"));
+    let mut buckets: Vec<Option<ShardFile>> = (0..n_buckets).map(|_| None).collect();
+    let bar = progress::bar(n as u64, "images");
+    bar.set_prefix(NAME);
+    for batch in TableReader::from_manifest(images, &im, "images", Some(&["id", "image"])) {
+        let batch = batch?;
+        let idc = tables::u64_column(&batch, "id", images)?;
+        let img = batch
+            .column_by_name("image")
+            .ok_or_else(|| Error::file(images, "has no `image` column"))?;
+        let mut per: Vec<Vec<u32>> = vec![Vec::new(); n_buckets];
+        let mut ps: Vec<Vec<u64>> = vec![Vec::new(); n_buckets];
+        for i in 0..batch.num_rows() {
+            let p = pos[&idc.value(i)];
+            let s = p as usize / rps;
+            if done[s] {
+                continue;
+            }
+            let b = s / per_bucket;
+            per[b].push(i as u32);
+            ps[b].push(p);
+        }
+        for b in 0..n_buckets {
+            if per[b].is_empty() {
+                continue;
+            }
+            let idx = UInt32Array::from(std::mem::take(&mut per[b]));
+            let cols: Vec<ArrayRef> = vec![
+                Arc::new(UInt64Array::from(std::mem::take(&mut ps[b]))),
+                take(idc, &idx, None).at(images)?,
+                take(img.as_ref(), &idx, None).at(images)?,
+            ];
+            let rb = RecordBatch::try_new(sschema.clone(), cols).at(&scratch)?;
+            if buckets[b].is_none() {
+                buckets[b] = Some(ShardFile::create(bucket_path(b), &sschema)?);
+            }
+            if let Some(f) = buckets[b].as_mut() {
+                f.write(&rb)?;
+            }
+        }
+        bar.inc(batch.num_rows() as u64);
+    }
+    bar.finish_and_clear();
+    for f in buckets.iter_mut() {
+        if let Some(f) = f.take() {
+            f.finish()?;
+        }
+    }
+    run.phase("scatter", t1.elapsed().as_secs_f64());
+
+    // Pass 2: each bucket sorted by position and cut into final shards.
+    let t2 = std::time::Instant::now();
+    for b in 0..n_buckets {
+        let path = bucket_path(b);
+        if !path.exists() {
+            continue;
+        }
+        let batches: Vec<RecordBatch> =
+            TableReader::new(vec![path.clone()], None).collect::<Result<_>>()?;
+        let all = concat_batches(&sschema, &batches).at(&path)?;
+        drop(batches);
+        let p = tables::u64_column(&all, "pos", &path)?;
+        let mut idx: Vec<u32> = (0..all.num_rows() as u32).collect();
+        idx.sort_unstable_by_key(|&i| p.value(i as usize));
+        let sorted_pos: Vec<u64> = idx.iter().map(|&i| p.value(i as usize)).collect();
+        let mut start = 0;
+        while start < idx.len() {
+            let s = sorted_pos[start] as usize / rps;
+            let mut end = start;
+            while end < idx.len() && sorted_pos[end] as usize / rps == s {
+                end += 1;
+            }
+            let sel = UInt32Array::from(idx[start..end].to_vec());
+            let id_col = take(all.column(1).as_ref(), &sel, None).at(&path)?;
+            let image_col = take(all.column(2).as_ref(), &sel, None).at(&path)?;
+            let idv = id_col
+                .as_any()
+                .downcast_ref::<UInt64Array>()
+                .ok_or_else(|| Error::file(&path, "scratch `id` is not u64"))?;
+            let mut labels = Vec::with_capacity(end - start);
+            let mut sources = Vec::with_capacity(end - start);
+            for i in 0..idv.len() {
+                let (l, src) = join
+                    .labels
+                    .get(&idv.value(i))
+                    .copied()
+                    .unwrap_or((None, join.default_source));
+                if let Some(l) = l {
+                    if l < 0 || l >= n_names {
+                        return Err(Error::invalid(format!(
+                            "image {}: label {l} is outside the {n_names} class names of its labels table",
+                            idv.value(i)
+                        )));
+                    }
+                }
+                labels.push(l);
+                sources.push(src);
+            }
+            let cols: Vec<ArrayRef> = vec![
+                id_col,
+                image_col,
+                Arc::new(Int64Array::from(labels)),
+                Arc::new(StringArray::from(sources)),
+            ];
+            let rb = RecordBatch::try_new(out_schema.clone(), cols).at(&run.dir)?;
+            let mut f = ShardFile::create(run.dir.join(shard_name(s)), &out_schema)?;
+            f.write(&rb)?;
+            f.finish()?;
+            start = end;
+        }
+        fs::remove_file(&path).at(&path)?;
+    }
+    fs::remove_dir_all(&scratch).at(&scratch)?;
+    run.phase("write", t2.elapsed().as_secs_f64());
+
+    // Every shard is now on disk; record them in order with their rows.
+    let mut by_source: std::collections::BTreeMap<&str, u64> = Default::default();
+    for id in &order {
+        let src = join
+            .labels
+            .get(id)
+            .map(|x| x.1)
+            .unwrap_or(join.default_source);
+        *by_source.entry(src).or_default() += 1;
+    }
+    for s in 0..n_shards {
+        let rows = rps.min(n - s * rps) as u64;
+        run.add_output(shard_name(s), Some(rows))?;
+    }
+    let labelled: u64 = order
+        .iter()
+        .filter(|id| join.labels.get(id).is_some_and(|x| x.0.is_some()))
+        .count() as u64;
+    run.count("images", n as u64);
+    run.count("labelled", labelled);
+    run.count("unlabelled", n as u64 - labelled);
+    for (src, c) in by_source {
+        run.count(&format!("source_{src}"), c);
+    }
+    run.count("shards", n_shards as u64);
+    run.count("classes", join.names.len() as u64);
+    run.count("resumed_shards", done.iter().filter(|d| **d).count() as u64);
+    Ok(())
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    crate::device::set_threads(cli.exec.threads);
+    let source = match (&cli.pseudo_labels, &cli.labels) {
+        (Some(p), _) => LabelSource::PseudoLabels(p),
+        (None, Some(l)) => LabelSource::Labels(l),
+        (None, None) => LabelSource::TrueLabels,
+    };
+    run(&cli.images, source, &cli.output, &cli.params, &cli.exec).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        p: Params,
+    }
+
+    #[test]
+    fn clap_defaults_equal_params_default() {
+        assert_eq!(Wrap::try_parse_from(["x"]).unwrap().p, Params::default());
+        let from_toml: Params = toml::from_str("").unwrap();
+        assert_eq!(from_toml, Params::default());
+    }
 }

@@ -1,0 +1,7 @@
+//! Metrics: how good labels and images are. [`clustering`] scores cluster
+//! or predicted labels against true labels (the pseudo-label quality
+//! report); [`fid`] and [`inception`] score generated images (FID, KID, IS
+//! on Inception features). Building blocks: no stage knowledge.
+pub mod clustering;
+pub mod fid;
+pub mod inception;

@@ -1,0 +1,89 @@
+//! Reading the pipeline's tables by column, for the stages that join them
+//! (`sample-labels`, `pseudo-label`, `shard`): typed column access with
+//! errors that name the file, and the id/label columns of a finished stage.
+use std::path::Path;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::shard::{schema, shard_schema, table_files, TableReader};
+
+/// Column `name` of `batch` as `T`, or an error naming the table.
+pub fn column<'a, T: 'static>(batch: &'a RecordBatch, name: &str, table: &Path) -> Result<&'a T> {
+    batch
+        .column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<T>())
+        .ok_or_else(|| {
+            Error::file(
+                table,
+                format!("column `{name}` is missing or of the wrong type; re-run the stage that wrote it"),
+            )
+        })
+}
+
+pub fn u64_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'a UInt64Array> {
+    column::<UInt64Array>(b, name, table)
+}
+
+pub fn i64_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'a Int64Array> {
+    column::<Int64Array>(b, name, table)
+}
+
+pub fn str_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'a StringArray> {
+    column::<StringArray>(b, name, table)
+}
+
+/// The class names stored with table `name` of a finished stage (from its first file).
+pub fn class_names(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<String>> {
+    match table_files(dir, manifest, name).first() {
+        Some(f) => Ok(schema::class_names_of(shard_schema(f)?.as_ref())),
+        None => Err(Error::file(
+            dir,
+            format!("the manifest lists no `{name}` table; re-run the stage that wrote it"),
+        )),
+    }
+}
+
+/// One table's `id` and (nullable) `label` columns, in table order.
+pub struct IdLabels {
+    pub ids: Vec<u64>,
+    pub labels: Vec<Option<i64>>,
+}
+
+/// Reads `id` and `label` of table `name` in the finished stage at `dir`.
+pub fn read_id_labels(dir: &Path, manifest: &Manifest, name: &str) -> Result<IdLabels> {
+    let mut out = IdLabels {
+        ids: Vec::new(),
+        labels: Vec::new(),
+    };
+    for batch in TableReader::from_manifest(dir, manifest, name, Some(&["id", "label"])) {
+        let batch = batch?;
+        let id = u64_column(&batch, "id", dir)?;
+        let label = i64_column(&batch, "label", dir)?;
+        out.ids.extend(id.values().iter().copied());
+        out.labels.extend(label.iter());
+    }
+    Ok(out)
+}
+
+/// Reads only the `id` column of table `name`.
+pub fn read_ids(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u64>> {
+    let mut ids = Vec::new();
+    for batch in TableReader::from_manifest(dir, manifest, name, Some(&["id"])) {
+        let batch = batch?;
+        ids.extend(u64_column(&batch, "id", dir)?.values().iter().copied());
+    }
+    Ok(ids)
+}
+
+/// A `Utf8` column with the same value in every row.
+pub fn constant_strings(value: &str, n: usize) -> ArrayRef {
+    std::sync::Arc::new(StringArray::from(vec![value; n]))
+}
+
+/// Default names for classes without names: `class-0`, `class-1`, ...
+pub fn numbered_names(prefix: &str, n: usize) -> Vec<String> {
+    let width = n.saturating_sub(1).to_string().len();
+    (0..n).map(|i| format!("{prefix}-{i:0width$}")).collect()
+}
