@@ -1,8 +1,7 @@
 //! Sampling a trained GAN: loads the EMA generator a `train-gan` run left
 //! (`model.json` + `ema.safetensors`), recomputes its standing batch-norm
 //! statistics and draws images; also the sample grid (one row per class)
-//! written as PNG. The datapath's `plot` module was not merged when this was
-//! written, so the grid lives here.
+//! written as PNG with [`crate::plot::image_grid`].
 use std::fs;
 use std::path::Path;
 
@@ -139,29 +138,22 @@ pub fn to_rgb8(x: &Tensor) -> Result<Vec<Vec<u8>>> {
 /// A grid of `rows x cols` images (row-major), 2-pixel grey borders.
 pub fn grid_png(x: &Tensor, rows: usize, cols: usize) -> Result<(Vec<u8>, u32, u32)> {
     let s = x.size();
-    let (h, w) = (s[2] as usize, s[3] as usize);
-    let pad = 2usize;
-    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
-    let mut img = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([128, 128, 128]));
-    for (i, px) in to_rgb8(x)?.iter().enumerate().take(rows * cols) {
-        let (r, c) = (i / cols, i % cols);
-        let (x0, y0) = (pad + c * (w + pad), pad + r * (h + pad));
-        for yy in 0..h {
-            for xx in 0..w {
-                let o = (yy * w + xx) * 3;
-                img.put_pixel(
-                    (x0 + xx) as u32,
-                    (y0 + yy) as u32,
-                    image::Rgb([px[o], px[o + 1], px[o + 2]]),
-                );
-            }
-        }
-    }
+    let (h, w) = (s[2] as u32, s[3] as u32);
+    let tiles = to_rgb8(x)?
+        .into_iter()
+        .take(rows * cols)
+        .map(|px| {
+            image::RgbImage::from_raw(w, h, px)
+                .ok_or_else(|| Error::invalid("sample buffer has the wrong size"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let img = crate::plot::image_grid(&tiles, cols, 2, image::Rgb([128, 128, 128]));
+    let (gw, gh) = (img.width(), img.height());
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(img)
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .map_err(|e| Error::invalid(format!("PNG encoding of the sample grid: {e}")))?;
-    Ok((png, gw as u32, gh as u32))
+    Ok((png, gw, gh))
 }
 
 /// One image as PNG bytes.
