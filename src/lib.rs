@@ -10,6 +10,7 @@ pub mod codec;
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod gan;
 pub mod input;
 pub mod kmeans;
 pub mod manifest;
