@@ -467,13 +467,19 @@ fn summarise(
     let kids: Vec<f64> = runs.iter().map(|r| r.kid).collect();
     let iss: Vec<f64> = runs.iter().filter_map(|r| r.is).collect();
     let (fid_mean, fid_std) = mean_std(&fids);
-    let (kid_mean, kid_std) = mean_std(&kids);
-    let (is_mean, is_std) = if iss.len() == runs.len() && !iss.is_empty() {
+    let (kid_mean, mut kid_std) = mean_std(&kids);
+    let (is_mean, mut is_std) = if iss.len() == runs.len() && !iss.is_empty() {
         let (m, s) = mean_std(&iss);
         (Some(m), Some(s))
     } else {
         (None, None)
     };
+    // One run has no spread over runs: report the spread within it (over
+    // KID subsets, over IS splits), as single-run KID and IS usually are.
+    if let [only] = runs.as_slice() {
+        kid_std = only.kid_std;
+        is_std = only.is_std;
+    }
     SourceScores {
         name,
         kind,
@@ -556,8 +562,13 @@ fn scores_from_parts(
     })
 }
 
-/// Mode, label fraction and steps of a train-gan folder, from its manifest
-/// (params `mode`; `steps` and `label-fraction` from counts or params when recorded).
+/// Mode, label fraction and steps of a train-gan folder, from its manifest:
+/// `mode` and `steps` (counts, else params); the label fraction from a
+/// `label_fraction` count when train-gan records one, else, for the modes
+/// trained on the labelled subset (s2gan-co, s3gan), `labelled_rows / rows`
+/// of its training shards, and 1 for biggan (all true labels). Pseudo-label
+/// modes without a recorded fraction show none: their shards are fully
+/// (pseudo-)labelled, which says nothing of the true labels used.
 fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
     let m = Manifest::read_complete(dir, "train-gan")?;
     let find = |keys: &[&str]| -> Option<serde_json::Value> {
@@ -565,8 +576,17 @@ fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
             .find_map(|k| m.counts.get(*k).or_else(|| m.params.get(*k)).cloned())
     };
     let mode = find(&["mode"]).and_then(|v| v.as_str().map(str::to_string));
-    let fraction = find(&["label-fraction", "label_fraction", "fraction"]).and_then(|v| v.as_f64());
     let steps = find(&["steps", "step"]).and_then(|v| v.as_u64());
+    let recorded = find(&["label_fraction", "label-fraction"]).and_then(|v| v.as_f64());
+    let fraction = recorded.or_else(|| match mode.as_deref() {
+        Some("biggan") => Some(1.0),
+        Some("s2gan-co") | Some("s3gan") => {
+            let rows = m.counts.get("rows").and_then(|v| v.as_f64())?;
+            let labelled = m.counts.get("labelled_rows").and_then(|v| v.as_f64())?;
+            (rows > 0.0).then(|| labelled / rows)
+        }
+        _ => None,
+    });
     Ok((mode, fraction, steps))
 }
 
@@ -913,7 +933,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
     for r in all {
         let n = r.runs.len();
         let is = match (r.is_mean, r.is_std) {
-            (Some(m), Some(sd)) => pm(m, sd, n, 2),
+            (Some(m), Some(sd)) => pm(m, sd, 2, 2),
             _ => "-".to_string(),
         };
         let _ = writeln!(
@@ -925,7 +945,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
                 .map(|f| format!("{:.1}%", f * 100.0))
                 .unwrap_or_else(|| "-".to_string()),
             pm(r.fid_mean, r.fid_std, n, 2),
-            pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, n, 2),
+            pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, 2, 2),
             is,
             r.steps
                 .map(|v| v.to_string())
@@ -935,7 +955,8 @@ fn markdown_table(all: &[SourceScores]) -> String {
     let _ = writeln!(
         s,
         "\nFID and KID against the reference images (lower is better); IS higher is better; \
-         mean ± standard deviation over evaluation runs."
+         mean ± standard deviation over evaluation runs (a single run shows no FID spread, \
+         and the spread over KID subsets and IS splits)."
     );
     s
 }
