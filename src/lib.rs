@@ -9,12 +9,15 @@
 pub mod device;
 pub mod error;
 pub mod fsutil;
+pub mod gan;
 pub mod manifest;
 pub mod metrics;
+pub mod models;
 pub mod pipeline;
 pub mod progress;
 pub mod shard;
 pub mod stage;
 pub mod stages;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -39,6 +39,10 @@ enum Command {
     Shard(stages::shard::Cli),
     /// Train the BigGAN in one of the paper's labelling modes.
     TrainGan(stages::train_gan::Cli),
+    /// Sample PNG images from a trained GAN's EMA generator.
+    Generate(stages::train_gan::GenerateCli),
+    /// Time the GAN's G and D steps on synthetic data (benches/gan/).
+    BenchGan(stages::train_gan::BenchCli),
     /// Score a GAN (or any images table) with FID, KID and IS.
     Evaluate(stages::evaluate::Cli),
     /// Run a pipeline file's stages in order, skipping finished ones.
@@ -76,6 +80,8 @@ fn main() -> ExitCode {
         Command::PseudoLabel(c) => stages::pseudo_label::main(c),
         Command::Shard(c) => stages::shard::main(c),
         Command::TrainGan(c) => stages::train_gan::main(c),
+        Command::Generate(c) => stages::train_gan::generate_main(c),
+        Command::BenchGan(c) => stages::train_gan::bench_main(c),
         Command::Evaluate(c) => stages::evaluate::main(c),
         Command::Run(c) => pipeline::main(c),
         Command::Doctor => {

@@ -1,86 +1,218 @@
-//! Stage `train-gan`: trains the BigGAN in one of the paper's modes. Placeholder until its issue lands.
-use std::path::Path;
+//! Stage `train-gan`: trains the BigGAN of the paper in one of its labelling
+//! modes on the `train/` shards (METHOD.md; compare_gan's settings by
+//! default: Adam (0, 0.999), lr G 1e-4 / D 5e-4, 2 D steps per G step, batch
+//! 256 x 8 accumulated, EMA 0.9999). Writes `gan/`: checkpoints, sample
+//! grids, metrics.jsonl, TensorBoard event files, and the EMA generator
+//! (`model.json` + `ema.safetensors`) that `generate` and `evaluate` sample.
+//! Also the `generate` and `bench-gan` subcommands.
+use std::fs;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::device::{self, DeviceChoice};
+use crate::error::{Error, Result, ResultExt};
+use crate::gan::modes::{check, DataSummary};
+use crate::gan::sample::{load_generator, png, to_rgb8};
+use crate::gan::train::{bench, train, TrainConfig};
 use crate::manifest::Manifest;
+use crate::models::biggan::Config;
 use crate::progress::Outcome;
-use crate::stage::Input;
+use crate::shard::schema::class_names_of;
+use crate::shard::{shard_schema, table_files, TableReader};
+use crate::stage::{self, Input};
 use crate::stages::Exec;
 
+pub use crate::gan::modes::{GanMode, LabelsNeeded};
+
+pub const NAME: &str = "train-gan";
+
 /// Everything that changes this stage's output.
-#[derive(clap::Args, Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Params {
     /// The labelling mode of the paper (METHOD.md).
     #[arg(long, value_enum, default_value_t = GanMode::S2gan)]
     pub mode: GanMode,
-}
-
-/// The GAN modes of the paper (DESIGN.md, METHOD.md).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum GanMode {
-    /// Fully supervised: all true labels.
-    Biggan,
-    /// Labels from a pre-trained semi-supervised classifier (pseudo-labels).
-    #[default]
-    S2gan,
-    /// k-means cluster labels (pseudo-labels).
-    Clustering,
-    /// Co-training: a class head on D labels the unlabelled real images.
-    S2ganCo,
-    /// Co-training plus the rotation head.
-    S3gan,
-    /// Cluster labels plus the rotation head.
-    ClusteringSs,
-    /// Unconditional plus the rotation head.
-    Ssgan,
-    Unconditional,
-    /// Every image has class 0.
-    SingleLabel,
-    /// Uniformly random classes.
-    RandomLabel,
+    /// Generator updates (BigGAN iterations).
+    #[arg(long, default_value_t = 250_000)]
+    pub steps: u64,
+    /// Images per batch (per accumulation step).
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: i64,
+    /// Batches accumulated per update (BigGAN-PyTorch: 256 x 8 = 2048).
+    #[arg(long, default_value_t = 8)]
+    pub accumulation: i64,
+    /// Discriminator updates per generator update.
+    #[arg(long, default_value_t = 2)]
+    pub d_steps: u64,
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr_g: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr_d: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub beta1: f64,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f64,
+    /// Decay of the exponential moving average of G's weights.
+    #[arg(long, default_value_t = 0.9999)]
+    pub ema_decay: f64,
+    /// Step from which the EMA averages (before it, it copies G).
+    #[arg(long, default_value_t = 40_000)]
+    pub ema_start: u64,
+    /// Image side: 32, 64 or 128 (BigGAN presets).
+    #[arg(long, default_value_t = 128)]
+    pub resolution: i64,
+    /// Channel multiplier (BigGAN: 96).
+    #[arg(long, default_value_t = 96)]
+    pub ch: i64,
+    /// One in this many images of a batch is rotated (x4 angles) for the rotation loss.
+    #[arg(long, default_value_t = 4)]
+    pub rotated_batch_fraction: i64,
+    /// Weight of D's rotation loss on real images.
+    #[arg(long, default_value_t = 1.0)]
+    pub weight_rotation_d: f64,
+    /// Weight of G's rotation loss on fake images.
+    #[arg(long, default_value_t = 0.2)]
+    pub weight_rotation_g: f64,
+    /// Weight of the co-training class-head loss.
+    #[arg(long, default_value_t = 1.0)]
+    pub weight_class: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub sample_every: u64,
+    #[arg(long, default_value_t = 50)]
+    pub log_every: u64,
+    /// Checkpoints kept (the newest).
+    #[arg(long, default_value_t = 2)]
+    pub keep_checkpoints: usize,
+    /// Batches of standing batch-norm statistics before sampling.
+    #[arg(long, default_value_t = 16)]
+    pub standing_batches: usize,
+    /// Classes shown in the sample grid (one row each).
+    #[arg(long, default_value_t = 10)]
+    pub grid_rows: i64,
+    #[arg(long, default_value_t = 8)]
+    pub grid_cols: i64,
+    /// Run convolutions and matrix products in bfloat16 (fp32 weights and batch norm).
+    #[arg(long, default_value_t = false)]
+    pub bf16: bool,
 }
 
 impl Default for Params {
     fn default() -> Self {
         Params {
             mode: GanMode::S2gan,
+            steps: 250_000,
+            batch_size: 256,
+            accumulation: 8,
+            d_steps: 2,
+            lr_g: 1e-4,
+            lr_d: 5e-4,
+            beta1: 0.0,
+            beta2: 0.999,
+            ema_decay: 0.9999,
+            ema_start: 40_000,
+            resolution: 128,
+            ch: 96,
+            rotated_batch_fraction: 4,
+            weight_rotation_d: 1.0,
+            weight_rotation_g: 0.2,
+            weight_class: 1.0,
+            seed: 0,
+            checkpoint_every: 1000,
+            sample_every: 1000,
+            log_every: 50,
+            keep_checkpoints: 2,
+            standing_batches: 16,
+            grid_rows: 10,
+            grid_cols: 8,
+            bf16: false,
         }
     }
 }
 
-/// Which labels a mode's training shards must carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelsNeeded {
-    /// Pseudo-labels for every image.
-    PseudoLabels,
-    /// The labelled subset; the rest unlabelled.
-    Subset,
-    /// True labels (or none at all, for modes that ignore them).
-    True,
-}
-
-impl GanMode {
-    pub fn labels_needed(self) -> LabelsNeeded {
-        match self {
-            GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
-                LabelsNeeded::PseudoLabels
+impl Params {
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("--steps", self.steps as i64),
+            ("--batch-size", self.batch_size),
+            ("--accumulation", self.accumulation),
+            ("--d-steps", self.d_steps as i64),
+            ("--checkpoint-every", self.checkpoint_every as i64),
+            ("--sample-every", self.sample_every as i64),
+            ("--log-every", self.log_every as i64),
+            ("--ch", self.ch),
+            ("--grid-rows", self.grid_rows),
+            ("--grid-cols", self.grid_cols),
+            ("--standing-batches", self.standing_batches as i64),
+            ("--keep-checkpoints", self.keep_checkpoints as i64),
+        ];
+        for (flag, v) in positive {
+            if v < 1 {
+                return Err(Error::invalid(format!(
+                    "{flag} must be at least 1 (got {v})"
+                )));
             }
-            GanMode::S2ganCo | GanMode::S3gan => LabelsNeeded::Subset,
-            GanMode::Biggan
-            | GanMode::Ssgan
-            | GanMode::Unconditional
-            | GanMode::SingleLabel
-            | GanMode::RandomLabel => LabelsNeeded::True,
         }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return Err(Error::invalid("--ema-decay must be in [0, 1)"));
+        }
+        Ok(())
+    }
+
+    /// The loop's configuration, with the class names of the data.
+    pub fn train_config(&self, class_names: &[String]) -> Result<TrainConfig> {
+        self.validate()?;
+        let model = Config {
+            n_classes: self.mode.n_classes(class_names.len() as i64),
+            conditional: self.mode.conditional(),
+            class_head: self.mode.class_head(),
+            rotation_head: self.mode.rotation(),
+            ..Config::preset(self.resolution, self.ch)?
+        };
+        Ok(TrainConfig {
+            mode: self.mode,
+            model,
+            class_names: class_names.to_vec(),
+            steps: self.steps,
+            batch_size: self.batch_size,
+            accumulation: self.accumulation,
+            d_steps: self.d_steps,
+            lr_g: self.lr_g,
+            lr_d: self.lr_d,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            ema_decay: self.ema_decay,
+            ema_start: self.ema_start,
+            rotated_batch_fraction: self.rotated_batch_fraction,
+            weight_rotation_d: self.weight_rotation_d,
+            weight_rotation_g: self.weight_rotation_g,
+            weight_class: self.weight_class,
+            seed: self.seed,
+            checkpoint_every: self.checkpoint_every,
+            sample_every: self.sample_every,
+            log_every: self.log_every,
+            keep_checkpoints: self.keep_checkpoints,
+            standing_batches: self.standing_batches,
+            grid_rows: self.grid_rows,
+            grid_cols: self.grid_cols,
+            bf16: self.bf16,
+        })
     }
 }
 
 #[derive(clap::Args, Debug)]
 pub struct Cli {
+    /// The `train/` folder written by `fewlabels shard`.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where the checkpoints, grids, logs and EMA generator go.
+    #[arg(long)]
+    pub output: PathBuf,
     #[command(flatten)]
     pub params: Params,
     #[command(flatten)]
@@ -92,16 +224,243 @@ pub fn inputs(data: &Path) -> Vec<Input> {
     vec![Input::stage(data, "shard")]
 }
 
+/// The training table's files, class names and label counts.
+pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
+    let m = Manifest::read_complete(data, "shard")?;
+    let files = table_files(data, &m, "train");
+    let first = files.first().ok_or_else(|| {
+        Error::file(
+            data,
+            "the shard manifest lists no train-*.arrow file; re-run `fewlabels shard`",
+        )
+    })?;
+    let class_names = class_names_of(shard_schema(first)?.as_ref());
+    let mut s = DataSummary {
+        class_names,
+        ..DataSummary::default()
+    };
+    for batch in TableReader::new(files.clone(), Some(&["label"])) {
+        let batch = batch?;
+        let col = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .ok_or_else(|| Error::file(first, "`label` is not an int64 column"))?;
+        s.rows += col.len() as u64;
+        for v in col.iter().flatten() {
+            if v < 0 {
+                return Err(Error::file(first, format!("negative label {v}")));
+            }
+            s.labelled += 1;
+            s.max_label = s.max_label.max(v + 1);
+        }
+    }
+    Ok((files, s))
+}
+
 pub fn run(
     data: &Path,
     output: &Path,
     params: &Params,
     exec: &Exec,
 ) -> Result<(Manifest, Outcome)> {
-    let _ = (data, output, params, exec);
-    Err(Error::invalid("stage `train-gan` is not built yet"))
+    params.validate()?;
+    let (files, summary) = summarize(data)?;
+    check(params.mode, &summary)?;
+    let cfg = params.train_config(&summary.class_names)?;
+    let device = exec.device.resolve()?;
+    stage::run_stage(NAME, output, params, &inputs(data), |run| {
+        let outcome = train(&cfg, files, &run.dir, device, run.resuming)?;
+        run.phase("data", outcome.seconds_data);
+        run.phase("train", outcome.seconds_train);
+        run.count("mode", params.mode.name());
+        run.count("steps", outcome.steps);
+        run.count("resumed_from_step", outcome.resumed_from);
+        run.count("rows", summary.rows);
+        run.count("labelled_rows", summary.labelled);
+        run.count("classes", cfg.model.n_classes);
+        run.count("g_parameters", outcome.g_params);
+        run.count("d_parameters", outcome.d_params);
+        run.count("images_per_s", outcome.images_per_s);
+        for (k, v) in &outcome.last {
+            if v.is_finite() {
+                run.count(&format!("last/{k}"), *v);
+            }
+        }
+        for rel in output_files(&run.dir)? {
+            run.add_output(&rel, None)?;
+        }
+        Ok(())
+    })
 }
 
-pub fn main(_cli: Cli) -> Result<()> {
-    Err(Error::invalid("stage `train-gan` is not built yet"))
+/// Every file the run left (relative, sorted), bar the framework's own and temporaries.
+fn output_files(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).at(&d)? {
+            let p = e.at(&d)?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(dir)
+                .map_err(|_| Error::file(&p, "outside the output folder"))?
+                .to_string_lossy()
+                .replace('\\', "/");
+            let name = rel.rsplit('/').next().unwrap_or("");
+            if name.starts_with('_') || name.starts_with('.') {
+                continue;
+            }
+            out.push(rel);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+pub fn main(cli: Cli) -> Result<()> {
+    device::set_threads(cli.exec.threads);
+    run(&cli.data, &cli.output, &cli.params, &cli.exec).map(|_| ())
+}
+
+/// `fewlabels generate`: samples from a trained GAN's EMA generator.
+#[derive(clap::Args, Debug)]
+pub struct GenerateCli {
+    /// A finished `train-gan` output folder.
+    #[arg(long)]
+    pub gan: PathBuf,
+    /// Number of images.
+    #[arg(long)]
+    pub count: usize,
+    /// Folder for the PNG files (created).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Only this class (default: uniform over the classes).
+    #[arg(long)]
+    pub class: Option<i64>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub exec: Exec,
+}
+
+/// Writes `NNNNNN-class-C.png` files and `labels.csv` (file, label, class name).
+pub fn generate_main(cli: GenerateCli) -> Result<()> {
+    device::set_threads(cli.exec.threads);
+    let device = cli.exec.device.resolve()?;
+    let g = load_generator(&cli.gan, cli.seed, device)?;
+    fs::create_dir_all(&cli.output).at(&cli.output)?;
+    let bar = crate::progress::bar(cli.count as u64, "images");
+    let mut csv = String::from("file,label,class_name\n");
+    let mut done = 0usize;
+    let chunk = 64usize;
+    let mut k = 0u64;
+    while done < cli.count {
+        let n = chunk.min(cli.count - done);
+        // A per-chunk seed: the first files are the same whatever the count.
+        let (x, labels) = g.sample(n, cli.class, cli.seed.wrapping_add(k), n)?;
+        let s = x.size();
+        let (h, w) = (s[2] as u32, s[3] as u32);
+        for (i, (rgb, label)) in to_rgb8(&x)?.iter().zip(&labels).enumerate() {
+            let name = format!("{:06}-class-{label}.png", done + i);
+            let path = cli.output.join(&name);
+            crate::fsutil::write_atomic(&path, &png(rgb, w, h)?)?;
+            let cname = g
+                .info
+                .class_names
+                .get(*label as usize)
+                .cloned()
+                .unwrap_or_default();
+            csv.push_str(&format!("{name},{label},{}\n", cname.replace(',', " ")));
+        }
+        bar.inc(n as u64);
+        done += n;
+        k += 1;
+    }
+    bar.finish_and_clear();
+    let labels = cli.output.join("labels.csv");
+    crate::fsutil::write_atomic(&labels, csv.as_bytes())?;
+    crate::progress::note(format!(
+        "generate: {} images from {} (step {}) -> {}",
+        cli.count,
+        cli.gan.display(),
+        g.info.step,
+        cli.output.display()
+    ));
+    Ok(())
+}
+
+/// `fewlabels bench-gan`: G-step and D-step images/s on synthetic data with
+/// the training code (for the GPU comparison with PyTorch, benches/gan/).
+#[derive(clap::Args, Debug)]
+pub struct BenchCli {
+    #[arg(long, default_value_t = 128)]
+    pub resolution: i64,
+    #[arg(long, default_value_t = 96)]
+    pub ch: i64,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: i64,
+    #[arg(long, default_value_t = 1000)]
+    pub classes: i64,
+    #[arg(long, default_value_t = false)]
+    pub bf16: bool,
+    /// Timed steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub steps: u64,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    #[arg(long, value_enum, default_value_t = GanMode::Biggan)]
+    pub mode: GanMode,
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
+}
+
+pub fn bench_main(cli: BenchCli) -> Result<()> {
+    device::set_threads(cli.threads);
+    let device = cli.device.resolve()?;
+    let names: Vec<String> = (0..cli.classes).map(|c| format!("c{c}")).collect();
+    let params = Params {
+        mode: cli.mode,
+        resolution: cli.resolution,
+        ch: cli.ch,
+        batch_size: cli.batch_size,
+        accumulation: 1,
+        bf16: cli.bf16,
+        ..Params::default()
+    };
+    let cfg = params.train_config(&names)?;
+    let r = bench(&cfg, device, cli.steps, cli.warmup)?;
+    println!(
+        "{}",
+        serde_json::to_string(&r).map_err(|e| Error::invalid(e.to_string()))?
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct P {
+        #[command(flatten)]
+        p: Params,
+    }
+
+    #[test]
+    fn clap_defaults_equal_params_default() {
+        let parsed = P::try_parse_from(["x"]).expect("parse").p;
+        assert_eq!(parsed, Params::default());
+        let from_toml: Params = toml::from_str("").expect("toml");
+        assert_eq!(from_toml, Params::default());
+        let toml_set: Params = toml::from_str("mode = \"s3gan\"\nbatch-size = 64").expect("toml");
+        assert_eq!(toml_set.mode, GanMode::S3gan);
+        assert_eq!(toml_set.batch_size, 64);
+    }
 }

@@ -1,0 +1,224 @@
+//! The labelling modes of the paper (METHOD.md, DESIGN.md "GAN modes") and
+//! what each needs from the training shards. A mode decides: whether G and
+//! D are class-conditional, which label D projects for a real image, whether
+//! D has the co-training class head and the rotation head.
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// The GAN modes of the paper (DESIGN.md, METHOD.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum GanMode {
+    /// Fully supervised: all true labels.
+    Biggan,
+    /// Labels from a pre-trained semi-supervised classifier (pseudo-labels).
+    #[default]
+    S2gan,
+    /// k-means cluster labels (pseudo-labels).
+    Clustering,
+    /// Co-training: a class head on D labels the unlabelled real images.
+    S2ganCo,
+    /// Co-training plus the rotation head.
+    S3gan,
+    /// Cluster labels plus the rotation head.
+    ClusteringSs,
+    /// Unconditional plus the rotation head.
+    Ssgan,
+    Unconditional,
+    /// Every image has class 0.
+    SingleLabel,
+    /// Uniformly random classes.
+    RandomLabel,
+}
+
+/// Which labels a mode's training shards must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelsNeeded {
+    /// Pseudo-labels for every image.
+    PseudoLabels,
+    /// The labelled subset; the rest unlabelled.
+    Subset,
+    /// True labels (or none at all, for modes that ignore them).
+    True,
+}
+
+/// Which label D projects for a real image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RealLabels {
+    /// The row's label (every row must have one).
+    FromData,
+    /// The row's label where there is one, else the class head's argmax.
+    CoTraining,
+    /// Class 0 for every image.
+    Single,
+    /// A fresh uniform class per image and step.
+    Random,
+    /// No projection.
+    None,
+}
+
+impl GanMode {
+    pub fn labels_needed(self) -> LabelsNeeded {
+        match self {
+            GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
+                LabelsNeeded::PseudoLabels
+            }
+            GanMode::S2ganCo | GanMode::S3gan => LabelsNeeded::Subset,
+            GanMode::Biggan
+            | GanMode::Ssgan
+            | GanMode::Unconditional
+            | GanMode::SingleLabel
+            | GanMode::RandomLabel => LabelsNeeded::True,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GanMode::Biggan => "biggan",
+            GanMode::S2gan => "s2gan",
+            GanMode::Clustering => "clustering",
+            GanMode::S2ganCo => "s2gan-co",
+            GanMode::S3gan => "s3gan",
+            GanMode::ClusteringSs => "clustering-ss",
+            GanMode::Ssgan => "ssgan",
+            GanMode::Unconditional => "unconditional",
+            GanMode::SingleLabel => "single-label",
+            GanMode::RandomLabel => "random-label",
+        }
+    }
+
+    pub fn real_labels(self) -> RealLabels {
+        match self {
+            GanMode::Biggan | GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
+                RealLabels::FromData
+            }
+            GanMode::S2ganCo | GanMode::S3gan => RealLabels::CoTraining,
+            GanMode::SingleLabel => RealLabels::Single,
+            GanMode::RandomLabel => RealLabels::Random,
+            GanMode::Ssgan | GanMode::Unconditional => RealLabels::None,
+        }
+    }
+
+    pub fn conditional(self) -> bool {
+        self.real_labels() != RealLabels::None
+    }
+
+    pub fn class_head(self) -> bool {
+        self.real_labels() == RealLabels::CoTraining
+    }
+
+    pub fn rotation(self) -> bool {
+        matches!(
+            self,
+            GanMode::S3gan | GanMode::ClusteringSs | GanMode::Ssgan
+        )
+    }
+
+    /// The number of classes G and D are built with, from the data's class count.
+    pub fn n_classes(self, data_classes: i64) -> i64 {
+        match self.real_labels() {
+            RealLabels::Single | RealLabels::None => 1,
+            _ => data_classes.max(1),
+        }
+    }
+}
+
+/// What the training shards hold, for checking a mode against them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DataSummary {
+    pub rows: u64,
+    /// Rows with a non-null label.
+    pub labelled: u64,
+    /// Class names from the table's metadata.
+    pub class_names: Vec<String>,
+    /// Largest label seen + 1 (0 when none).
+    pub max_label: i64,
+}
+
+/// Checks that the shards carry what `mode` needs; the error says what is
+/// missing and how to get it.
+pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
+    let m = mode.name();
+    if data.rows == 0 {
+        return Err(Error::invalid(format!(
+            "--mode {m}: the training shards hold no rows; re-run `fewlabels shard`"
+        )));
+    }
+    let classes = data.class_names.len() as i64;
+    match mode.real_labels() {
+        RealLabels::FromData => {
+            if data.labelled < data.rows {
+                let what = match mode.labels_needed() {
+                    LabelsNeeded::PseudoLabels => "a pseudo-label for every image: build the shards with `fewlabels shard --pseudo-labels DIR` (from `pseudo-label`)",
+                    _ => "a true label for every image: build the shards from fully labelled images (`fewlabels shard` without a labelled subset)",
+                };
+                return Err(Error::invalid(format!(
+                    "--mode {m}: {} of {} training rows have no label; this mode needs {what}",
+                    data.rows - data.labelled,
+                    data.rows
+                )));
+            }
+        }
+        RealLabels::CoTraining => {
+            if data.labelled == 0 {
+                return Err(Error::invalid(format!(
+                    "--mode {m}: no training row has a label; co-training needs the labelled subset: build the shards with `fewlabels shard --labels DIR` (from `sample-labels`)"
+                )));
+            }
+        }
+        RealLabels::Random => {}
+        RealLabels::Single | RealLabels::None => return Ok(()),
+    }
+    if classes < 1 {
+        return Err(Error::invalid(format!(
+            "--mode {m}: the training shards carry no class names (schema metadata `fewlabels.class_names`); re-run `fewlabels shard`"
+        )));
+    }
+    if data.max_label > classes {
+        return Err(Error::invalid(format!(
+            "--mode {m}: labels go up to {} but the shards name only {classes} classes; re-run `fewlabels shard`",
+            data.max_label - 1
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(rows: u64, labelled: u64) -> DataSummary {
+        DataSummary {
+            rows,
+            labelled,
+            class_names: vec!["a".into(), "b".into()],
+            max_label: 2,
+        }
+    }
+
+    #[test]
+    fn modes_say_what_is_missing() {
+        let e = check(GanMode::S2gan, &data(10, 3)).expect_err("unlabelled rows");
+        assert!(e.to_string().contains("7 of 10"), "{e}");
+        assert!(e.to_string().contains("--pseudo-labels"), "{e}");
+        let e = check(GanMode::S3gan, &data(10, 0)).expect_err("no labels");
+        assert!(e.to_string().contains("sample-labels"), "{e}");
+        check(GanMode::S3gan, &data(10, 1)).expect("subset is enough");
+        check(GanMode::Unconditional, &data(10, 0)).expect("no labels needed");
+        check(GanMode::Biggan, &data(10, 10)).expect("all labelled");
+        let mut d = data(10, 10);
+        d.class_names.clear();
+        assert!(check(GanMode::RandomLabel, &d).is_err());
+    }
+
+    #[test]
+    fn heads_and_conditioning_follow_the_paper() {
+        assert!(GanMode::S3gan.class_head() && GanMode::S3gan.rotation());
+        assert!(GanMode::S2ganCo.class_head() && !GanMode::S2ganCo.rotation());
+        assert!(!GanMode::Ssgan.conditional() && GanMode::Ssgan.rotation());
+        assert!(GanMode::ClusteringSs.rotation() && !GanMode::ClusteringSs.class_head());
+        assert_eq!(GanMode::SingleLabel.n_classes(10), 1);
+        assert_eq!(GanMode::RandomLabel.n_classes(10), 10);
+    }
+}

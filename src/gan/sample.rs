@@ -1,0 +1,220 @@
+//! Sampling a trained GAN: loads the EMA generator a `train-gan` run left
+//! (`model.json` + `ema.safetensors`), recomputes its standing batch-norm
+//! statistics and draws images; also the sample grid (one row per class)
+//! written as PNG. The datapath's `plot` module was not merged when this was
+//! written, so the grid lives here.
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result, ResultExt};
+use crate::gan::ema::standing_stats;
+use crate::gan::modes::GanMode;
+use crate::models::biggan::{Config, Generator};
+use crate::models::layers::LayerCtx;
+
+/// What `train-gan` writes beside the weights so a generator can be rebuilt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub mode: GanMode,
+    pub model: Config,
+    pub class_names: Vec<String>,
+    pub step: u64,
+    /// Batches of standing statistics recomputed before sampling.
+    pub standing_batches: usize,
+    pub standing_batch_size: i64,
+}
+
+pub const MODEL_FILE: &str = "model.json";
+pub const EMA_FILE: &str = "ema.safetensors";
+
+/// The EMA generator of a finished `train-gan` folder, ready to sample
+/// (standing statistics computed, eval mode).
+pub struct LoadedGenerator {
+    pub info: ModelInfo,
+    pub g: Generator,
+    _vs: VarStore,
+}
+
+pub fn load_generator(gan_dir: &Path, seed: u64, device: Device) -> Result<LoadedGenerator> {
+    let info_path = gan_dir.join(MODEL_FILE);
+    let weights = gan_dir.join(EMA_FILE);
+    if !info_path.exists() || !weights.exists() {
+        return Err(Error::file(
+            gan_dir,
+            format!("has no {MODEL_FILE} / {EMA_FILE}; it is not a finished `fewlabels train-gan` output (run or finish train-gan first)"),
+        ));
+    }
+    let info: ModelInfo =
+        serde_json::from_slice(&fs::read(&info_path).at(&info_path)?).at(&info_path)?;
+    let mut vs = VarStore::new(device);
+    let g = Generator::new(&vs.root(), &info.model, &LayerCtx::new(false));
+    vs.load(&weights).at(&weights)?;
+    standing_stats(
+        &g,
+        info.standing_batches,
+        info.standing_batch_size,
+        seed,
+        device,
+    );
+    Ok(LoadedGenerator { info, g, _vs: vs })
+}
+
+impl LoadedGenerator {
+    /// `count` images from z drawn with `seed`; labels uniform over the
+    /// classes (as the paper samples) unless `class` is given.
+    pub fn sample(
+        &self,
+        count: usize,
+        class: Option<i64>,
+        seed: u64,
+        chunk: usize,
+    ) -> Result<(Tensor, Vec<i64>)> {
+        let n_classes = self.g.cfg.n_classes;
+        if let Some(c) = class {
+            if c < 0 || c >= n_classes {
+                return Err(Error::invalid(format!(
+                    "--class {c}: this generator has classes 0..{}",
+                    n_classes - 1
+                )));
+            }
+        }
+        let device = self.g.device;
+        let mut images = Vec::new();
+        let mut labels = Vec::new();
+        let mut done = 0usize;
+        let mut k = 0u64;
+        while done < count {
+            let n = chunk.min(count - done) as i64;
+            crate::gan::seed_all(seed, &[0x5a3b1e, k]);
+            let z = Tensor::randn([n, self.g.cfg.z_dim], (Kind::Float, device));
+            let y = match class {
+                Some(c) => Tensor::full([n], c, (Kind::Int64, device)),
+                None => Tensor::randint(n_classes, [n], (Kind::Int64, device)),
+            };
+            let x = tch::no_grad(|| self.g.forward_t(&z, &y, false)).to_device(Device::Cpu);
+            labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu)).map_err(Error::Torch)?);
+            images.push(x);
+            done += n as usize;
+            k += 1;
+        }
+        Ok((Tensor::cat(&images, 0), labels))
+    }
+}
+
+/// `count` samples `[N, 3, H, W]` (f32 in [-1, 1], CPU) from the EMA
+/// generator in `gan_dir`, with their labels.
+pub fn sample_images(
+    gan_dir: &Path,
+    count: usize,
+    class: Option<i64>,
+    seed: u64,
+    device: tch::Device,
+) -> Result<(Tensor, Vec<i64>)> {
+    let g = load_generator(gan_dir, seed, device)?;
+    g.sample(count, class, seed, 64)
+}
+
+/// Images [N, 3, H, W] in [-1, 1] -> RGB bytes [N][H * W * 3].
+pub fn to_rgb8(x: &Tensor) -> Result<Vec<Vec<u8>>> {
+    let x = ((x
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .clamp(-1.0, 1.0)
+        + 1.0)
+        * 127.5)
+        .round()
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous();
+    let n = x.size()[0];
+    (0..n)
+        .map(|i| Vec::<u8>::try_from(x.get(i).flatten(0, -1)).map_err(Error::Torch))
+        .collect()
+}
+
+/// A grid of `rows x cols` images (row-major), 2-pixel grey borders.
+pub fn grid_png(x: &Tensor, rows: usize, cols: usize) -> Result<(Vec<u8>, u32, u32)> {
+    let s = x.size();
+    let (h, w) = (s[2] as usize, s[3] as usize);
+    let pad = 2usize;
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut img = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([128, 128, 128]));
+    for (i, px) in to_rgb8(x)?.iter().enumerate().take(rows * cols) {
+        let (r, c) = (i / cols, i % cols);
+        let (x0, y0) = (pad + c * (w + pad), pad + r * (h + pad));
+        for yy in 0..h {
+            for xx in 0..w {
+                let o = (yy * w + xx) * 3;
+                img.put_pixel(
+                    (x0 + xx) as u32,
+                    (y0 + yy) as u32,
+                    image::Rgb([px[o], px[o + 1], px[o + 2]]),
+                );
+            }
+        }
+    }
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::invalid(format!("PNG encoding of the sample grid: {e}")))?;
+    Ok((png, gw as u32, gh as u32))
+}
+
+/// One image as PNG bytes.
+pub fn png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
+    let img = image::RgbImage::from_raw(width, height, rgb.to_vec())
+        .ok_or_else(|| Error::invalid("image buffer has the wrong size"))?;
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(|e| Error::invalid(format!("PNG encoding: {e}")))?;
+    Ok(out)
+}
+
+/// The fixed z and labels of the training grids: one row per class (up to
+/// `max_rows` classes, evenly spaced), the same z down each column; an
+/// unconditional G gets a different z in every cell.
+pub fn grid_inputs(
+    cfg: &Config,
+    max_rows: i64,
+    cols: i64,
+    seed: u64,
+    device: Device,
+) -> (Tensor, Tensor, usize, usize) {
+    crate::gan::seed_all(seed, &[0x6e1d]);
+    if !cfg.conditional {
+        let rows = max_rows.min(8);
+        let n = rows * cols;
+        let z = Tensor::randn([n, cfg.z_dim], (Kind::Float, Device::Cpu)).to_device(device);
+        let y = Tensor::zeros([n], (Kind::Int64, device));
+        return (z, y, rows as usize, cols as usize);
+    }
+    let rows = cfg.n_classes.clamp(1, max_rows);
+    let z = Tensor::randn([cols, cfg.z_dim], (Kind::Float, Device::Cpu))
+        .repeat([rows, 1])
+        .to_device(device);
+    let classes: Vec<i64> = (0..rows).map(|r| r * cfg.n_classes / rows).collect();
+    let y = Tensor::from_slice(&classes)
+        .repeat_interleave_self_int(cols, 0, None)
+        .to_device(device);
+    (z, y, rows as usize, cols as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_has_the_right_size_and_pixels() {
+        let x = Tensor::ones([4, 3, 5, 5], (Kind::Float, Device::Cpu));
+        let (png, w, h) = grid_png(&x, 2, 2).expect("grid");
+        assert_eq!((w, h), (2 * 7 + 2, 2 * 7 + 2));
+        let img = image::load_from_memory(&png).expect("png").to_rgb8();
+        assert_eq!(img.get_pixel(2, 2).0, [255, 255, 255]);
+        assert_eq!(img.get_pixel(0, 0).0, [128, 128, 128]);
+    }
+}

@@ -1,0 +1,570 @@
+//! The GAN training loop (BigGAN-PyTorch `train_fns.GAN_training_function`
+//! with compare_gan's S3GAN losses): per step, `d_steps` discriminator
+//! updates then one generator update, each accumulated over `accumulation`
+//! batches; hinge loss; Adam; EMA of G. Real images come from the shared
+//! shard loader ([`crate::train::loader`]), which decodes in parallel and
+//! prefetches; state goes into safetensors checkpoints
+//! ([`crate::train::checkpoint`]) with the loader position, so a run killed
+//! at any point resumes from its last checkpoint and ends with the weights
+//! an uninterrupted run would have had (CPU; CUDA kernels may differ in the
+//! last bits).
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::nn::VarStore;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result, ResultExt};
+use crate::fsutil::write_atomic;
+use crate::gan::ema::{standing_stats, Ema};
+use crate::gan::losses::{accuracy, cross_entropy, d_hinge, g_hinge, masked_cross_entropy};
+use crate::gan::modes::{GanMode, RealLabels};
+use crate::gan::rotation::RotationLayout;
+use crate::gan::sample::{grid_inputs, grid_png, ModelInfo, EMA_FILE, MODEL_FILE};
+use crate::gan::seed_all;
+use crate::gan::tfevents::EventWriter;
+use crate::models::biggan::{parameter_count, Config, Discriminator, Generator, Projection};
+use crate::models::layers::LayerCtx;
+use crate::train::checkpoint::{load_variables, named_variables, Checkpoints};
+use crate::train::loader::{Loader, LoaderConfig};
+use crate::train::log::MetricsLog;
+use crate::train::optim::{OptimConfig, Optimizer};
+
+/// Everything the loop needs (the stage fills it from its `Params`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub mode: GanMode,
+    pub model: Config,
+    pub class_names: Vec<String>,
+    pub steps: u64,
+    pub batch_size: i64,
+    pub accumulation: i64,
+    pub d_steps: u64,
+    pub lr_g: f64,
+    pub lr_d: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub ema_decay: f64,
+    pub ema_start: u64,
+    pub rotated_batch_fraction: i64,
+    pub weight_rotation_d: f64,
+    pub weight_rotation_g: f64,
+    pub weight_class: f64,
+    pub seed: u64,
+    pub checkpoint_every: u64,
+    pub sample_every: u64,
+    pub log_every: u64,
+    pub keep_checkpoints: usize,
+    pub standing_batches: usize,
+    pub grid_rows: i64,
+    pub grid_cols: i64,
+    pub bf16: bool,
+}
+
+/// Mean of each scalar since the last log line.
+#[derive(Default)]
+pub struct Scalars(BTreeMap<String, (f64, u64)>);
+
+impl Scalars {
+    fn add(&mut self, k: &str, v: f64) {
+        if v.is_nan() {
+            return;
+        }
+        let e = self.0.entry(k.to_string()).or_insert((0.0, 0));
+        e.0 += v;
+        e.1 += 1;
+    }
+    fn take(&mut self) -> Vec<(String, f64)> {
+        let out = self
+            .0
+            .iter()
+            .map(|(k, (s, n))| (k.clone(), s / *n as f64))
+            .collect();
+        self.0.clear();
+        out
+    }
+}
+
+/// Stops the run when a loss term is NaN or infinite, naming the step and term.
+fn finite(step: u64, term: &str, t: &Tensor) -> Result<f64> {
+    let v = t.double_value(&[]);
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(Error::NonFinite {
+            step,
+            term: term.to_string(),
+            value: v,
+        })
+    }
+}
+
+/// A real batch on the device: images, labels (-1 = unknown), known mask.
+pub struct RealBatch {
+    pub images: Tensor,
+    pub labels: Tensor,
+    pub known: Tensor,
+}
+
+/// G, D, the EMA generator and their optimisers.
+pub struct Gan {
+    pub cfg: TrainConfig,
+    pub device: Device,
+    pub vs_g: VarStore,
+    pub vs_d: VarStore,
+    pub vs_ema: VarStore,
+    pub g: Generator,
+    pub d: Discriminator,
+    pub g_ema: Generator,
+    pub opt_g: Optimizer,
+    pub opt_d: Optimizer,
+    pub ema: Ema,
+    layout: Option<RotationLayout>,
+}
+
+impl Gan {
+    pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
+        let layout = if cfg.mode.rotation() {
+            Some(RotationLayout::new(cfg.batch_size, cfg.rotated_batch_fraction)?)
+        } else {
+            None
+        };
+        crate::train::seed_torch(cfg.seed);
+        let vs_g = VarStore::new(device);
+        let vs_d = VarStore::new(device);
+        let vs_ema = VarStore::new(device);
+        let g = Generator::new(&vs_g.root(), &cfg.model, &LayerCtx::new(cfg.bf16));
+        let d = Discriminator::new(&vs_d.root(), &cfg.model, &LayerCtx::new(cfg.bf16));
+        let g_ema = Generator::new(&vs_ema.root(), &cfg.model, &LayerCtx::new(false));
+        let ema = Ema::new(&vs_g, &vs_ema, cfg.ema_decay, cfg.ema_start);
+        ema.copy_all();
+        let opt_g = Optimizer::new(OptimConfig::adam(cfg.beta1, cfg.beta2), &vs_g);
+        let opt_d = Optimizer::new(OptimConfig::adam(cfg.beta1, cfg.beta2), &vs_d);
+        Ok(Gan {
+            cfg: cfg.clone(),
+            device,
+            vs_g,
+            vs_d,
+            vs_ema,
+            g,
+            d,
+            g_ema,
+            opt_g,
+            opt_d,
+            ema,
+            layout,
+        })
+    }
+
+    /// z and sampled labels for the fakes of (step, phase, k).
+    fn latents(&self, step: u64, phase: u64, k: u64) -> (Tensor, Tensor) {
+        seed_all(self.cfg.seed, &[step, phase, k]);
+        let b = self.cfg.batch_size;
+        let z = Tensor::randn([b, self.cfg.model.z_dim], (Kind::Float, self.device));
+        let y = Tensor::randint(self.cfg.model.n_classes, [b], (Kind::Int64, self.device));
+        (z, y)
+    }
+
+    /// Moves a loader batch to the device with the labels the mode projects.
+    pub fn real_batch(&self, images: &Tensor, labels: &[Option<i64>], step: u64, k: u64) -> RealBatch {
+        let b = labels.len() as i64;
+        let images = images.to_device(self.device);
+        let (labels, known) = match self.cfg.mode.real_labels() {
+            RealLabels::FromData | RealLabels::CoTraining => {
+                let l: Vec<i64> = labels.iter().map(|l| l.unwrap_or(-1)).collect();
+                let k: Vec<bool> = labels.iter().map(|l| l.is_some()).collect();
+                (
+                    Tensor::from_slice(&l).to_device(self.device),
+                    Tensor::from_slice(&k).to_device(self.device),
+                )
+            }
+            RealLabels::Random => {
+                seed_all(self.cfg.seed, &[step, 7, k]);
+                (
+                    Tensor::randint(self.cfg.model.n_classes, [b], (Kind::Int64, self.device)),
+                    Tensor::ones([b], (Kind::Bool, self.device)),
+                )
+            }
+            RealLabels::Single | RealLabels::None => (
+                Tensor::zeros([b], (Kind::Int64, self.device)),
+                Tensor::ones([b], (Kind::Bool, self.device)),
+            ),
+        };
+        RealBatch {
+            images,
+            labels,
+            known,
+        }
+    }
+
+    fn projection<'a>(&self, labels: &'a Tensor, known: &'a Tensor) -> Projection<'a> {
+        match self.cfg.mode.real_labels() {
+            RealLabels::None => Projection::None,
+            RealLabels::CoTraining => Projection::FillIn { labels, known },
+            _ => Projection::Labels(labels),
+        }
+    }
+
+    /// One discriminator update over `batches` (accumulated). `d` numbers
+    /// the D step within the G step (its fakes get their own latents).
+    pub fn d_step(&mut self, step: u64, d: u64, batches: &[RealBatch], out: &mut Scalars) -> Result<()> {
+        self.opt_d.zero_grad();
+        let accum = batches.len() as f64;
+        for (k, real) in batches.iter().enumerate() {
+            let (z, yf) = self.latents(step, 1 + d, k as u64);
+            let b = self.cfg.batch_size;
+            let fake = tch::no_grad(|| self.g.forward_t(&z, &yf, true));
+            let (rx, ry, rk) = match &self.layout {
+                Some(l) => (
+                    l.append_images(&real.images),
+                    l.append_rows(&real.labels),
+                    l.append_rows(&real.known),
+                ),
+                None => (
+                    real.images.shallow_clone(),
+                    real.labels.shallow_clone(),
+                    real.known.shallow_clone(),
+                ),
+            };
+            let r = rx.size()[0];
+            // Rotated fakes are left out: D is not trained on their rotation
+            // and, without batch norm in D, they change nothing else.
+            let x = Tensor::cat(&[rx, fake], 0);
+            let y = Tensor::cat(&[ry, yf.shallow_clone()], 0);
+            let known = Tensor::cat(&[rk, Tensor::ones([b], (Kind::Bool, self.device))], 0);
+            let o = self.d.forward_t(&x, self.projection(&y, &known), true);
+            let (lr, lf) = d_hinge(&o.logit.narrow(0, 0, b), &o.logit.narrow(0, r, b));
+            let mut loss = &lr + &lf;
+            out.add("d/loss_real", finite(step, "D hinge loss (real)", &lr)?);
+            out.add("d/loss_fake", finite(step, "D hinge loss (fake)", &lf)?);
+            out.add("d/real_logit", o.logit.narrow(0, 0, b).mean(Kind::Float).double_value(&[]));
+            out.add("d/fake_logit", o.logit.narrow(0, r, b).mean(Kind::Float).double_value(&[]));
+            if let (Some(l), Some(rot)) = (&self.layout, &o.rotation_logits) {
+                let logits = l.rotation_rows(&rot.narrow(0, 0, r));
+                let t = l.targets(self.device);
+                let ce = cross_entropy(&logits, &t);
+                out.add("d/rotation_loss", finite(step, "D rotation loss (real)", &ce)?);
+                out.add("d/rotation_accuracy", accuracy(&logits, &t, None));
+                loss += ce * self.cfg.weight_rotation_d;
+            }
+            if let Some(cls) = &o.class_logits {
+                let (yl, kl) = (real.labels.narrow(0, 0, b), real.known.narrow(0, 0, b));
+                let logits = cls.narrow(0, 0, b);
+                let ce = masked_cross_entropy(&logits, &yl, &kl);
+                out.add("d/class_loss", finite(step, "D class-head loss", &ce)?);
+                out.add("d/class_accuracy", accuracy(&logits, &yl, Some(&kl)));
+                loss += ce * self.cfg.weight_class;
+            }
+            out.add(
+                "data/labelled_fraction",
+                real.known.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]),
+            );
+            let total = finite(step, "D loss", &loss)?;
+            out.add("d/loss", total);
+            (loss / accum).f_backward()?;
+        }
+        self.opt_d.step(self.cfg.lr_d);
+        Ok(())
+    }
+
+    /// One generator update (accumulated), then the EMA update.
+    pub fn g_step(&mut self, step: u64, out: &mut Scalars) -> Result<()> {
+        self.opt_g.zero_grad();
+        let accum = self.cfg.accumulation;
+        for k in 0..accum {
+            let (z, yf) = self.latents(step, 0, k as u64);
+            let b = self.cfg.batch_size;
+            let fake = self.g.forward_t(&z, &yf, true);
+            let (fx, fy) = match &self.layout {
+                Some(l) => (l.append_images(&fake), l.append_rows(&yf)),
+                None => (fake, yf),
+            };
+            let proj = match self.cfg.mode.real_labels() {
+                RealLabels::None => Projection::None,
+                _ => Projection::Labels(&fy),
+            };
+            let o = self.d.forward_t(&fx, proj, true);
+            let gl = g_hinge(&o.logit.narrow(0, 0, b));
+            out.add("g/loss_adv", finite(step, "G hinge loss", &gl)?);
+            let mut loss = gl;
+            if let (Some(l), Some(rot)) = (&self.layout, &o.rotation_logits) {
+                let logits = l.rotation_rows(rot);
+                let t = l.targets(self.device);
+                let ce = cross_entropy(&logits, &t);
+                out.add("g/rotation_loss", finite(step, "G rotation loss (fake)", &ce)?);
+                out.add("g/rotation_accuracy", accuracy(&logits, &t, None));
+                loss += ce * self.cfg.weight_rotation_g;
+            }
+            out.add("g/loss", finite(step, "G loss", &loss)?);
+            (loss / accum as f64).f_backward()?;
+        }
+        self.opt_g.step(self.cfg.lr_g);
+        self.ema.update(step);
+        Ok(())
+    }
+
+    /// Every tensor of the run's state, named for the checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        let mut t = named_variables(&self.vs_g, "g.");
+        t.extend(named_variables(&self.vs_d, "d."));
+        t.extend(named_variables(&self.vs_ema, "ema."));
+        t.extend(self.opt_g.state_tensors("opt_g."));
+        t.extend(self.opt_d.state_tensors("opt_d."));
+        t
+    }
+
+    /// The EMA generator's grid from fixed z (standing stats first).
+    pub fn grid(&self) -> Result<(Vec<u8>, u32, u32)> {
+        standing_stats(
+            &self.g_ema,
+            self.cfg.standing_batches,
+            self.cfg.batch_size,
+            self.cfg.seed,
+            self.device,
+        );
+        let (z, y, rows, cols) = grid_inputs(
+            &self.cfg.model,
+            self.cfg.grid_rows,
+            self.cfg.grid_cols,
+            self.cfg.seed,
+            self.device,
+        );
+        let x = tch::no_grad(|| self.g_ema.forward_t(&z, &y, false));
+        grid_png(&x, rows, cols)
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainOutcome {
+    pub steps: u64,
+    pub resumed_from: u64,
+    pub g_params: i64,
+    pub d_params: i64,
+    pub images_per_s: f64,
+    pub last: BTreeMap<String, f64>,
+    pub seconds_data: f64,
+    pub seconds_train: f64,
+}
+
+/// Trains in `out` (checkpoints/, samples/, tensorboard/, metrics.jsonl,
+/// then model.json and ema.safetensors), resuming from the newest
+/// checkpoint there when `resume` is set.
+pub fn train(cfg: &TrainConfig, files: Vec<PathBuf>, out: &Path, device: Device, resume: bool) -> Result<TrainOutcome> {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let mut gan = Gan::new(cfg, device)?;
+    let ckpts = Checkpoints::new(out.join("checkpoints"), cfg.keep_checkpoints);
+    let mut start = 0u64;
+    if resume {
+        if let Some(c) = ckpts.latest()? {
+            load_variables(&gan.vs_g, "g.", &c)?;
+            load_variables(&gan.vs_d, "d.", &c)?;
+            load_variables(&gan.vs_ema, "ema.", &c)?;
+            gan.opt_g.load_state(&c, "opt_g.")?;
+            gan.opt_d.load_state(&c, "opt_d.")?;
+            start = c.step;
+        }
+    }
+    let mut lcfg = LoaderConfig::train(cfg.batch_size as usize, cfg.seed);
+    lcfg.label_column = Some("label".to_string());
+    // Each step reads d_steps x accumulation batches: a resumed run skips
+    // exactly what the checkpointed steps consumed.
+    let per_step = cfg.d_steps * cfg.accumulation as u64;
+    lcfg.skip_batches = start * per_step;
+    let mut loader = Loader::new(files, lcfg)?;
+    let (h, w) = loader.image_size();
+    let res = cfg.model.resolution as usize;
+    if h != w || h % res != 0 {
+        return Err(Error::invalid(format!(
+            "the training images are {w}x{h} but --resolution is {res}; prepare the images with `--size {res}` (or a multiple of it)"
+        )));
+    }
+    let factor = (h / res) as i64;
+
+    let samples = out.join("samples");
+    fs::create_dir_all(&samples).at(&samples)?;
+    let mut log = if start > 0 {
+        MetricsLog::resume(out.join("metrics.jsonl"), start)?
+    } else {
+        MetricsLog::create(out.join("metrics.jsonl"))?
+    };
+    let mut events = EventWriter::create(&out.join("tensorboard"))?;
+    let bar = crate::progress::bar(cfg.steps, "steps");
+    bar.set_position(start);
+    let delay = std::env::var("FEWLABELS_TEST_STEP_DELAY_MS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+
+    let mut scalars = Scalars::default();
+    let mut last = BTreeMap::new();
+    let (mut t_data, mut t_train) = (0.0, 0.0);
+    let mut images_since = 0u64;
+    let mut since = Instant::now();
+    let mut images_per_s = 0.0;
+    for step in start + 1..=cfg.steps {
+        for d in 0..cfg.d_steps {
+            let t0 = Instant::now();
+            let mut batches = Vec::new();
+            for k in 0..cfg.accumulation {
+                let b = loader
+                    .next()
+                    .ok_or_else(|| Error::invalid("the training loader stopped early"))??;
+                let images = if factor > 1 {
+                    b.images.avg_pool2d([factor, factor], [factor, factor], [0, 0], false, true, None)
+                } else {
+                    b.images
+                };
+                batches.push(gan.real_batch(&images, &b.labels, step, d * 1000 + k as u64));
+            }
+            let t1 = Instant::now();
+            t_data += (t1 - t0).as_secs_f64();
+            gan.d_step(step, d, &batches, &mut scalars)?;
+            t_train += t1.elapsed().as_secs_f64();
+            images_since += (cfg.batch_size * cfg.accumulation) as u64;
+        }
+        let t1 = Instant::now();
+        gan.g_step(step, &mut scalars)?;
+        t_train += t1.elapsed().as_secs_f64();
+        bar.inc(1);
+        if let Some(ms) = delay {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+
+        let last_step = step == cfg.steps;
+        if step % cfg.log_every == 0 || last_step {
+            let secs = since.elapsed().as_secs_f64();
+            images_per_s = images_since as f64 / secs.max(1e-9);
+            images_since = 0;
+            since = Instant::now();
+            let mut vals = scalars.take();
+            vals.push(("speed/images_per_s".to_string(), images_per_s));
+            let mut rec = serde_json::Map::new();
+            rec.insert("step".into(), json!(step));
+            for (k, v) in &vals {
+                rec.insert(k.clone(), json!(v));
+                last.insert(k.clone(), *v);
+            }
+            log.write(&rec)?;
+            let refs: Vec<(&str, f64)> = vals.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            events.scalars(step as i64, &refs)?;
+            bar.set_message(format!(
+                "D {:.3} G {:.3} {:.0} img/s",
+                last.get("d/loss").copied().unwrap_or(f64::NAN),
+                last.get("g/loss").copied().unwrap_or(f64::NAN),
+                images_per_s
+            ));
+        }
+        if step % cfg.sample_every == 0 || last_step {
+            let (png, gw, gh) = gan.grid()?;
+            let path = samples.join(format!("step-{step:08}.png"));
+            write_atomic(&path, &png)?;
+            events.image(step as i64, "samples/ema", &png, gw, gh)?;
+        }
+        if step % cfg.log_every == 0 || step % cfg.sample_every == 0 || last_step {
+            events.flush()?;
+        }
+        if step % cfg.checkpoint_every == 0 || last_step {
+            let meta = json!({"batches_read": step * per_step, "mode": cfg.mode});
+            ckpts.save(step, &gan.state(), &meta)?;
+        }
+    }
+    bar.finish_and_clear();
+
+    // The sampling artefacts: the EMA weights and what rebuilds the network.
+    let ema_path = out.join(EMA_FILE);
+    // The temporary name keeps the extension: VarStore::save picks the format by it.
+    let tmp = out.join(".ema.tmp.safetensors");
+    gan.vs_ema.save(&tmp).at(&tmp)?;
+    fs::rename(&tmp, &ema_path).at(&ema_path)?;
+    let info = ModelInfo {
+        mode: cfg.mode,
+        model: cfg.model.clone(),
+        class_names: cfg.class_names.clone(),
+        step: cfg.steps,
+        standing_batches: cfg.standing_batches,
+        standing_batch_size: cfg.batch_size,
+    };
+    let info_path = out.join(MODEL_FILE);
+    write_atomic(&info_path, &serde_json::to_vec_pretty(&info).at(&info_path)?)?;
+    Ok(TrainOutcome {
+        steps: cfg.steps,
+        resumed_from: start,
+        g_params: parameter_count(&gan.vs_g),
+        d_params: parameter_count(&gan.vs_d),
+        images_per_s,
+        last,
+        seconds_data: t_data,
+        seconds_train: t_train,
+    })
+}
+
+/// G-step (and D-step) throughput on synthetic data, for the GPU benchmark:
+/// the same step code as training, timed after `warmup` steps with the
+/// device synchronised.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    pub resolution: i64,
+    pub ch: i64,
+    pub batch_size: i64,
+    pub bf16: bool,
+    pub device: String,
+    pub g_params: i64,
+    pub d_params: i64,
+    pub g_step_seconds: f64,
+    pub g_step_images_per_s: f64,
+    pub d_step_seconds: f64,
+    pub d_step_images_per_s: f64,
+}
+
+pub fn bench(cfg: &TrainConfig, device: Device, steps: u64, warmup: u64) -> Result<BenchResult> {
+    if device.is_cuda() {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    let mut gan = Gan::new(cfg, device)?;
+    let b = cfg.batch_size;
+    let r = cfg.model.resolution;
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let mut scalars = Scalars::default();
+    let (mut tg, mut td) = (0.0, 0.0);
+    for step in 1..=warmup + steps {
+        seed_all(cfg.seed, &[step, 99]);
+        let images = Tensor::rand([b, 3, r, r], (Kind::Float, device)) * 2.0 - 1.0;
+        let labels: Vec<Option<i64>> = (0..b).map(|i| Some(i % cfg.model.n_classes)).collect();
+        let real = gan.real_batch(&images, &labels, step, 0);
+        sync();
+        let t0 = Instant::now();
+        gan.d_step(step, 0, std::slice::from_ref(&real), &mut scalars)?;
+        sync();
+        let t1 = Instant::now();
+        gan.g_step(step, &mut scalars)?;
+        sync();
+        if step > warmup {
+            td += (t1 - t0).as_secs_f64();
+            tg += t1.elapsed().as_secs_f64();
+        }
+    }
+    let n = steps.max(1) as f64;
+    Ok(BenchResult {
+        resolution: r,
+        ch: cfg.model.ch,
+        batch_size: b,
+        bf16: cfg.bf16,
+        device: format!("{device:?}"),
+        g_params: parameter_count(&gan.vs_g),
+        d_params: parameter_count(&gan.vs_d),
+        g_step_seconds: tg / n,
+        g_step_images_per_s: b as f64 * n / tg,
+        d_step_seconds: td / n,
+        d_step_images_per_s: b as f64 * n / td,
+    })
+}

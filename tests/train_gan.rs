@@ -1,0 +1,327 @@
+//! `train-gan` and `generate` end to end on real Fashion-MNIST images at
+//! 32x32 (tiny networks, CPU): every mode trains a few steps, modes refuse
+//! shards that lack what they need, a run killed with SIGKILL resumes to the
+//! weights of an uninterrupted run, the TensorBoard files open with the
+//! `tensorboard` package, and `generate` writes samples of the asked class.
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
+use fewlabels::shard::{image_column, schema, TableWriter};
+use tch::Tensor;
+
+const CLASSES: [&str; 10] = [
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+    "Ankle boot",
+];
+
+/// The first `n` Fashion-MNIST training images, padded 28 -> 32, as RGB PNG, with labels.
+fn fashion(n: usize) -> Vec<(Vec<u8>, i64)> {
+    let dir = common::fashion_mnist();
+    let read = |name: &str| {
+        let f = std::fs::File::open(dir.join(name)).expect("Fashion-MNIST file");
+        let mut v = Vec::new();
+        flate2::read::GzDecoder::new(f)
+            .read_to_end(&mut v)
+            .expect("gunzip");
+        v
+    };
+    let images = read("train-images-idx3-ubyte.gz");
+    let labels = read("train-labels-idx1-ubyte.gz");
+    (0..n)
+        .map(|i| {
+            let px = &images[16 + i * 784..16 + (i + 1) * 784];
+            let mut img = image::RgbImage::new(32, 32);
+            for y in 0..28 {
+                for x in 0..28 {
+                    let v = px[y * 28 + x];
+                    img.put_pixel(x as u32 + 2, y as u32 + 2, image::Rgb([v, v, v]));
+                }
+            }
+            let mut png = Vec::new();
+            image::DynamicImage::ImageRgb8(img)
+                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+                .expect("png");
+            (png, labels[8 + i] as i64)
+        })
+        .collect()
+}
+
+/// A finished `shard` folder of `n` images; `keep(i)` says which rows keep their label.
+fn write_train(dir: &Path, n: usize, keep: impl Fn(usize) -> bool) {
+    let rows = fashion(n);
+    let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
+    let schema = schema::train(&names);
+    fewlabels::stage::run_stage("shard", dir, &serde_json::json!({"test": n}), &[], |run| {
+        let mut w = TableWriter::new(&run.dir, "train", schema.clone(), 64);
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let labels: Vec<Option<i64>> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| keep(i).then_some(r.1))
+            .collect();
+        let sources: Vec<&str> = labels
+            .iter()
+            .map(|l| if l.is_some() { "true" } else { "none" })
+            .collect();
+        let cols: Vec<ArrayRef> = vec![
+            std::sync::Arc::new(UInt64Array::from(ids)),
+            image_column(rows.iter().map(|r| (r.0.as_slice(), None))),
+            std::sync::Arc::new(Int64Array::from(labels)),
+            std::sync::Arc::new(StringArray::from(sources)),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols).expect("batch");
+        w.write(&batch)?;
+        for (file, rows) in w.finish()? {
+            run.add_output(file, Some(rows))?;
+        }
+        Ok(())
+    })
+    .expect("write train shards");
+}
+
+const TINY: &[&str] = &[
+    "--resolution", "32", "--ch", "4", "--batch-size", "8", "--accumulation", "1",
+    "--rotated-batch-fraction", "2", "--log-every", "1", "--standing-batches", "2",
+    "--grid-rows", "3", "--grid-cols", "2", "--device", "cpu", "--threads", "1",
+];
+
+fn train_args<'a>(data: &'a str, out: &'a str, mode: &'a str, steps: &'a str) -> Vec<&'a str> {
+    let mut a = vec![
+        "--quiet", "train-gan", "--data", data, "--output", out, "--mode", mode, "--steps", steps,
+        "--sample-every", "2", "--checkpoint-every", "2",
+    ];
+    a.extend_from_slice(TINY);
+    a
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .expect("metrics.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+#[test]
+fn every_mode_trains_a_few_steps_and_checks_its_shards() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let all = tmp.path().join("all");
+    let subset = tmp.path().join("subset");
+    write_train(&all, 48, |_| true);
+    write_train(&subset, 48, |i| i % 10 == 0);
+    let modes: [(&str, &Path, &[&str]); 10] = [
+        ("biggan", &all, &[]),
+        ("s2gan", &all, &[]),
+        ("clustering", &all, &[]),
+        ("s2gan-co", &subset, &["d/class_loss", "d/class_accuracy"]),
+        ("s3gan", &subset, &["d/class_loss", "d/rotation_loss", "g/rotation_loss"]),
+        ("clustering-ss", &all, &["d/rotation_loss", "g/rotation_accuracy"]),
+        ("ssgan", &subset, &["d/rotation_loss"]),
+        ("unconditional", &subset, &[]),
+        ("single-label", &subset, &[]),
+        ("random-label", &subset, &[]),
+    ];
+    for (mode, data, extra) in modes {
+        let out = tmp.path().join(format!("gan-{mode}"));
+        let o = common::run(&train_args(s(data), s(&out), mode, "2"));
+        assert!(o.status.success(), "{mode}: {}", common::text(&o));
+        for f in ["model.json", "ema.safetensors", "samples/step-00000002.png", "_stage.json"] {
+            assert!(out.join(f).exists(), "{mode}: no {f}");
+        }
+        let m = metrics(&out);
+        assert_eq!(m.len(), 2, "{mode}: one line per step");
+        for key in ["d/loss_real", "d/loss_fake", "g/loss", "d/real_logit", "speed/images_per_s"]
+            .iter()
+            .chain(extra)
+        {
+            let v = m[1][*key].as_f64().unwrap_or(f64::NAN);
+            assert!(v.is_finite(), "{mode}: {key} = {v}");
+        }
+        if mode == "s3gan" {
+            let frac = m[1]["data/labelled_fraction"].as_f64().expect("fraction");
+            assert!(frac < 0.5, "s3gan sees mostly unlabelled rows: {frac}");
+        }
+        if !extra.contains(&"d/rotation_loss") {
+            assert!(m[1].get("d/rotation_loss").is_none(), "{mode} has no rotation head");
+        }
+        let grid = image::open(out.join("samples/step-00000002.png")).expect("grid");
+        let rows = if ["ssgan", "unconditional"].contains(&mode) {
+            3
+        } else if mode == "single-label" {
+            1
+        } else {
+            3
+        };
+        assert_eq!(grid.height(), rows * 34 + 2, "{mode}: grid rows");
+    }
+    // Pseudo-label modes refuse shards with unlabelled rows, and say why.
+    let out = tmp.path().join("refused");
+    let o = common::run(&train_args(s(&subset), s(&out), "s2gan", "2"));
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("43 of 48 training rows have no label"), "{err}");
+}
+
+/// Tensors of a safetensors file by name, ordered.
+fn tensors(path: &Path) -> BTreeMap<String, Tensor> {
+    Tensor::read_safetensors(path)
+        .expect("safetensors")
+        .into_iter()
+        .collect()
+}
+
+fn assert_same(a: &Path, b: &Path) {
+    let (ta, tb) = (tensors(a), tensors(b));
+    assert_eq!(
+        ta.keys().collect::<Vec<_>>(),
+        tb.keys().collect::<Vec<_>>(),
+        "{} vs {}",
+        a.display(),
+        b.display()
+    );
+    for (k, x) in &ta {
+        if k == "__meta__" {
+            continue;
+        }
+        assert!(x.equal(&tb[k]), "{k} differs between {} and {}", a.display(), b.display());
+    }
+}
+
+#[test]
+fn killed_run_resumes_to_the_uninterrupted_weights() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("train");
+    write_train(&data, 40, |i| i % 10 == 0);
+    let straight = tmp.path().join("straight");
+    let o = common::run(&train_args(s(&data), s(&straight), "s3gan", "6"));
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    let resumed = tmp.path().join("resumed");
+    let mut child = common::bin()
+        .args(train_args(s(&data), s(&resumed), "s3gan", "6"))
+        .env("FEWLABELS_TEST_STEP_DELAY_MS", "400")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let first = resumed.join("checkpoints/ckpt-00000002.safetensors");
+    let t0 = Instant::now();
+    while !first.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
+    let status = child.wait().expect("wait");
+    assert!(!status.success(), "the run was killed before it finished");
+    assert!(!resumed.join("_stage.json").exists());
+    assert!(!resumed.join("ema.safetensors").exists());
+
+    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan", "6"));
+    assert!(o.status.success(), "{}", common::text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(resumed.join("_stage.json")).expect("manifest"))
+            .expect("json");
+    let from = manifest["counts"]["resumed_from_step"].as_u64().expect("count");
+    assert!(from >= 2, "resumed from step {from}");
+    assert_same(&straight.join("ema.safetensors"), &resumed.join("ema.safetensors"));
+    assert_same(
+        &straight.join("checkpoints/ckpt-00000006.safetensors"),
+        &resumed.join("checkpoints/ckpt-00000006.safetensors"),
+    );
+    // The metrics read as one run: steps 1..6 once each.
+    let steps: Vec<u64> = metrics(&resumed)
+        .iter()
+        .map(|m| m["step"].as_u64().expect("step"))
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+
+    // The same parameters again: up to date, nothing re-run.
+    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan", "6"));
+    assert!(o.status.success(), "{}", common::text(&o));
+}
+
+#[test]
+fn events_open_in_tensorboard_and_generate_writes_the_asked_class() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("train");
+    write_train(&data, 40, |_| true);
+    let gan = tmp.path().join("gan");
+    let o = common::run(&train_args(s(&data), s(&gan), "biggan", "2"));
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"images": 0, "scalars": 0})
+ea.Reload()
+tags = ea.Tags()
+assert "d/loss_real" in tags["scalars"], tags
+assert "g/loss" in tags["scalars"], tags
+ev = ea.Scalars("d/loss_real")
+assert [e.step for e in ev] == [1, 2], ev
+img = ea.Images("samples/ema")
+assert len(img) == 1 and img[0].step == 2, img
+assert img[0].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+print("ok", len(tags["scalars"]), img[0].width, img[0].height)
+"#;
+    let o = common::python()
+        .args(["-c", script, s(&gan.join("tensorboard"))])
+        .output()
+        .expect("python");
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("ok"));
+
+    let out = tmp.path().join("samples");
+    let o = common::run(&[
+        "--quiet", "generate", "--gan", s(&gan), "--count", "5", "--class", "7", "--output",
+        s(&out), "--device", "cpu",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let csv = std::fs::read_to_string(out.join("labels.csv")).expect("labels.csv");
+    let lines: Vec<&str> = csv.lines().skip(1).collect();
+    assert_eq!(lines.len(), 5);
+    for l in &lines {
+        let name = l.split(',').next().expect("file");
+        assert!(l.ends_with(",7,Sneaker"), "{l}");
+        let img = image::open(out.join(name)).expect("png");
+        assert_eq!((img.width(), img.height()), (32, 32));
+    }
+    // A class the generator does not have is refused with a clear message.
+    let o = common::run(&[
+        "--quiet", "generate", "--gan", s(&gan), "--count", "1", "--class", "10", "--output",
+        s(&out), "--device", "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--class 10"));
+    // The library call the evaluate stage uses.
+    let (x, labels) =
+        fewlabels::gan::sample::sample_images(&gan, 6, None, 1, tch::Device::Cpu).expect("sample");
+    assert_eq!(x.size(), vec![6, 3, 32, 32]);
+    assert!(labels.iter().all(|l| (0..10).contains(l)));
+    assert!(x.abs().max().double_value(&[]) <= 1.0);
+}
+
+#[test]
+fn a_diverging_run_names_the_step_and_the_term() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("train");
+    write_train(&data, 16, |_| true);
+    let out = tmp.path().join("gan");
+    let mut args = train_args(s(&data), s(&out), "biggan", "4");
+    args.extend_from_slice(&["--lr-d", "1e38", "--lr-g", "1e38"]);
+    let o = common::run(&args);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("step ") && err.contains("loss"), "{err}");
+    let _ = PathBuf::new();
+}
