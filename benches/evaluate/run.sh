@@ -3,7 +3,8 @@
 # images (1,000 Fashion-MNIST test images and 1,000 noisy copies of the
 # training images, each against 1,000 training images), and the Inception's
 # end-to-end images/s through tch and through the package, same threads.
-# Env: N (images per set, 1000), THREADS (2), BENCH_DIR (target/bench-evaluate).
+# Env: N (images per set, 1000), THREADS (2), BENCH_DIR (target/bench-evaluate),
+# PROFILE (release; `dev` reuses the test build: the network runs in libtorch either way).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -12,12 +13,13 @@ n=${N:-1000}
 threads=${THREADS:-2}
 work=$(realpath -m "${BENCH_DIR:-target/bench-evaluate}")
 rm -rf "$work" && mkdir -p "$work"
-bin=target/release/fewlabels
-[ -x "$bin" ] || cargo build --release --locked
+profile=${PROFILE:-release}
+if [ "$profile" = release ]; then bin=target/release/fewlabels; flag=--release; else bin=target/debug/fewlabels; flag=; fi
+cargo build $flag --locked --bin fewlabels >&2
 
 echo "evaluate bench: writing $n-image tables in $work" >&2
 FEWLABELS_BENCH_DIR=$work FEWLABELS_BENCH_IMAGES=$n \
-  cargo test --release --locked --test evaluate -- --ignored --exact write_bench_tables >&2
+  cargo test $flag --locked --test evaluate -- --ignored --exact write_bench_tables >&2
 
 echo "evaluate bench: fewlabels evaluate ($threads threads)" >&2
 "$bin" --json evaluate --device cpu --threads "$threads" --reference "$work/train" \
@@ -29,7 +31,7 @@ OMP_NUM_THREADS=$threads "$FEWLABELS_PYTHON" benches/evaluate/peer.py "$threads"
 
 echo "evaluate bench: Inception forward only, from Python" >&2
 OMP_NUM_THREADS=$threads "$FEWLABELS_PYTHON" benches/evaluate/forward.py \
-  "$FEWLABELS_INCEPTION" "$threads" 4 > "$work/forward.json"
+  "$FEWLABELS_INCEPTION" "$threads" "${FORWARD_BATCHES:-4}" > "$work/forward.json"
 
 "$FEWLABELS_PYTHON" - "$work" "$n" <<'PY'
 import json, sys

@@ -48,7 +48,7 @@ pub const STATS_DIR: &str = "_fid_stats";
 /// the batch size.
 const GAN_CHUNK: usize = 500;
 /// The reservoir seed of cached table statistics (a cache must not depend on `--seed`).
-const CACHE_RESERVOIR_SEED: u64 = 0x5eed_f1d;
+const CACHE_RESERVOIR_SEED: u64 = 0x05ee_df1d;
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
