@@ -98,7 +98,9 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn load(path: &Path, run_dir: Option<&Path>) -> Result<Pipeline> {
+    /// Reads and checks a pipeline file. With `paths_aside` (for `--plan`), a
+    /// missing input path is not an error: the plan says so instead.
+    pub fn load(path: &Path, run_dir: Option<&Path>, paths_aside: bool) -> Result<Pipeline> {
         let source = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read pipeline file: {e}")))?;
         let file: PipelineFile =
@@ -114,7 +116,7 @@ impl Pipeline {
             file,
             run_dir,
         };
-        p.validate()?;
+        p.validate(paths_aside)?;
         Ok(p)
     }
 
@@ -200,7 +202,7 @@ impl Pipeline {
     }
 
     /// Checks that every stage's inputs come from somewhere.
-    fn validate(&self) -> Result<()> {
+    fn validate(&self, paths_aside: bool) -> Result<()> {
         if self.has("sample-labels") {
             self.need("sample-labels", "prepare")?;
         }
@@ -225,7 +227,7 @@ impl Pipeline {
             self.need("evaluate", "prepare")?;
         }
         if let Some(p) = &self.file.prepare {
-            if !p.input.exists() {
+            if !p.input.exists() && !paths_aside {
                 return Err(Error::invalid(format!(
                     "{}:{}: [prepare] input `{}` does not exist; fix the path (or run `make setup` for the demo data)",
                     self.path.display(),
@@ -492,7 +494,7 @@ fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> Error {
 }
 
 pub fn main(cli: Cli) -> Result<()> {
-    let pipeline = Pipeline::load(&cli.pipeline, cli.run_dir.as_deref())?;
+    let pipeline = Pipeline::load(&cli.pipeline, cli.run_dir.as_deref(), cli.plan)?;
     crate::device::set_threads(pipeline.file.exec.threads);
     let mut steps = pipeline.steps()?;
     if let Some(until) = &cli.until {

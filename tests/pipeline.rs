@@ -59,7 +59,9 @@ fn missing_input_and_missing_upstream_stage_are_clear() {
         "m.toml",
         "[prepare]\ninput = \"/no/such/folder\"\n",
     );
-    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    // A real run refuses it before running anything (`--plan` sets paths aside).
+    let r = tmp.path().join("r");
+    let o = common::run(&["run", p.to_str().unwrap(), "--run-dir", r.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("m.toml:1:")
@@ -99,4 +101,46 @@ fn missing_pipeline_file_is_one_line() {
 fn bad_usage_exits_2() {
     let o = common::run(&["run"]);
     assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+}
+
+#[test]
+fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut seen = 0;
+    for entry in fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        seen += 1;
+        let run_dir = tmp.path().join(path.file_stem().unwrap());
+        let o = common::run(&[
+            "run",
+            path.to_str().unwrap(),
+            "--plan",
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ]);
+        assert!(
+            o.status.success(),
+            "{}: {}",
+            path.display(),
+            common::text(&o)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        for stage in ["prepare", "shard", "train-gan", "evaluate"] {
+            assert!(
+                out.contains(&format!("  {stage} ")),
+                "{}: no {stage} in plan:\n{out}",
+                path.display()
+            );
+        }
+        assert!(out.contains("will run: not run yet"), "{out}");
+        assert!(!run_dir.exists(), "--plan created {}", run_dir.display());
+    }
+    assert!(
+        seen >= 8,
+        "expected the demo and seven ImageNet pipelines, found {seen}"
+    );
 }
