@@ -38,7 +38,7 @@ test: setup
 	$(MAKE) --no-print-directory _test
 
 _test:
-	$(CARGO) test --release --locked -- --test-threads 2
+	$(CARGO) test --locked -- --test-threads 2
 
 demo: setup
 	$(MAKE) --no-print-directory _build
