@@ -18,6 +18,10 @@ CARGO ?= cargo
 CACHE ?= $(HOME)/.cache/fewlabels
 export CARGO_TARGET_DIR ?= $(CACHE)/target
 BIN := $(CARGO_TARGET_DIR)/release/fewlabels
+# The demo uses the build the tests use (dependencies fully optimised, the
+# heavy work in libtorch): on 2 cores a second, release-profile compilation
+# of polars, arrow and torch-sys would take longer than the demo itself.
+DEMO_BIN := $(CARGO_TARGET_DIR)/debug/fewlabels
 
 .PHONY: setup build test demo bench fmt lint clean-runs
 
@@ -41,8 +45,11 @@ _test:
 	$(CARGO) test --locked -- --test-threads 2
 
 demo: setup
-	$(MAKE) --no-print-directory _build
-	$(BIN) run pipelines/demo.toml
+	$(MAKE) --no-print-directory _demo
+
+_demo:
+	$(CARGO) build --locked
+	$(DEMO_BIN) run pipelines/demo.toml
 
 bench: setup
 	$(MAKE) --no-print-directory _build
