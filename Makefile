@@ -51,8 +51,9 @@ _demo:
 	$(CARGO) build --locked
 	$(DEMO_BIN) run pipelines/demo.toml
 
+# Benchmarks build what they time in the dev profile (benches/env.sh):
+# dependencies fully optimised, the heavy work in libtorch and the decoders.
 bench: setup
-	$(MAKE) --no-print-directory _build
 	benches/run.sh
 
 fmt:

@@ -9,5 +9,7 @@ else
     export "${_fl_line%% :=*}=${_fl_line#*:= }"
   done < "$_fl_top/build/env.mk"
   export LIBTORCH_CXX11_ABI=1
+  # Where the Makefile builds: compiled dependencies shared by every clone.
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/fewlabels/target}
 fi
 unset _fl_top _fl_line

@@ -95,3 +95,29 @@ pub fn set_threads(threads: usize) {
         .num_threads(n)
         .build_global();
 }
+
+/// Tells glibc's malloc to keep freed memory instead of handing it back to
+/// the kernel: libtorch frees and reallocates its activations every step,
+/// and with glibc's defaults the big ones are fresh mmaps whose pages the
+/// kernel zeroes again each time. Measured on 2 CPU cores (train-gan, 32x32,
+/// ch 8, batch 64, 30 steps): system time 8.8 s -> 2.9 s, wall 37.3 s ->
+/// 34.4 s. Call once, first thing, before any other thread starts.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::raw::c_int;
+        extern "C" {
+            fn mallopt(param: c_int, value: c_int) -> c_int;
+        }
+        // <malloc.h>: M_TRIM_THRESHOLD -1, M_TOP_PAD -2, M_MMAP_THRESHOLD -3.
+        const M_TRIM_THRESHOLD: c_int = -1;
+        const M_TOP_PAD: c_int = -2;
+        const M_MMAP_THRESHOLD: c_int = -3;
+        // SAFETY: mallopt only sets allocator tunables; called before other threads exist.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20); // glibc's upper limit on 64-bit
+            mallopt(M_TRIM_THRESHOLD, c_int::MAX);
+            mallopt(M_TOP_PAD, 512 << 20);
+        }
+    }
+}

@@ -236,6 +236,21 @@ impl Pipeline {
                 )));
             }
         }
+        if let Some(list) = self
+            .file
+            .sample_labels
+            .as_ref()
+            .and_then(|p| p.from.as_ref())
+        {
+            if !list.exists() && !paths_aside {
+                return Err(Error::invalid(format!(
+                    "{}:{}: [sample-labels] from `{}` does not exist; fix the path to your CSV or Parquet list of labelled images",
+                    self.path.display(),
+                    self.line_of("sample-labels"),
+                    list.display()
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -259,7 +274,7 @@ impl Pipeline {
             push("prepare", json(p), prepare::inputs(p));
         }
         if let Some(p) = &f.sample_labels {
-            push("sample-labels", json(p), sample_labels::inputs(&images));
+            push("sample-labels", json(p), sample_labels::inputs(&images, p));
         }
         let labels = self.optional("sample-labels");
         if let Some(p) = &f.pretrain {

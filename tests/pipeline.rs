@@ -144,3 +144,97 @@ fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
         "expected the demo and seven ImageNet pipelines, found {seen}"
     );
 }
+
+/// Stage outcomes of a `fewlabels run --json`, in order.
+fn outcomes(o: &std::process::Output) -> Vec<(String, String)> {
+    assert!(o.status.success(), "{}", common::text(o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("outcome").is_some())
+        .map(|v| {
+            (
+                v["stage"].as_str().unwrap().to_string(),
+                v["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = common::fashion_mnist().join("t10k-images-idx3-ubyte.gz");
+    // The user's own labelled subset (`--from`): two images of each of the
+    // first ten ids' classes would do; any 50 paths with labels 0..9 will.
+    let list = tmp.path().join("labelled.csv");
+    let write_list = |offset: usize| {
+        let mut text = String::from("path,label\n");
+        for i in 0..50 {
+            text.push_str(&format!(
+                "t10k-images-idx3-ubyte.gz#{:05},{}\n",
+                i + offset,
+                i % 10
+            ));
+        }
+        fs::write(&list, text).unwrap();
+    };
+    write_list(0);
+    let pipeline = |shard_seed: u32| {
+        format!(
+            "[pipeline]\nrun-dir = {run:?}\n\n[prepare]\ninput = {input:?}\nsize = 16\n\n\
+             [sample-labels]\nfrom = {list:?}\n\n[embed]\npixels-size = 8\n\n\
+             [pseudo-label]\nmethod = \"kmeans\"\n\n[shard]\nseed = {shard_seed}\n",
+            run = tmp.path().join("run").to_str().unwrap(),
+            input = input.to_str().unwrap(),
+            list = list.to_str().unwrap(),
+        )
+    };
+    let p = write(tmp.path(), "p.toml", &pipeline(0));
+    let run = || common::run(&["run", p.to_str().unwrap(), "--json"]);
+    let stages = ["prepare", "sample-labels", "embed", "pseudo-label", "shard"];
+    let first = outcomes(&run());
+    assert_eq!(
+        first.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+        stages
+    );
+    assert!(first.iter().all(|(_, o)| o == "ran"), "{first:?}");
+
+    let again = run();
+    assert!(
+        outcomes(&again).iter().all(|(_, o)| o == "up-to-date"),
+        "{}",
+        common::text(&again)
+    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("every stage is up to date"));
+
+    // One parameter of the last stage: only that stage runs.
+    write(tmp.path(), "p.toml", &pipeline(1));
+    let third = outcomes(&run());
+    let ran: Vec<&str> = third
+        .iter()
+        .filter(|(_, o)| o == "ran")
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(ran, ["shard"], "{third:?}");
+
+    // The `--from` list is an input: the plan sees an edit of it, and a run
+    // redoes sample-labels and pseudo-label, which reads its output; not
+    // prepare or embed. k-means clusters ignore the given labels, so
+    // pseudo-label's output is unchanged and shard stays up to date.
+    write_list(50);
+    let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
+    let plan = String::from_utf8_lossy(&o.stdout);
+    let line = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("sample-labels"))
+        .unwrap();
+    assert!(line.contains("will run: inputs changed"), "{plan}");
+    let fourth = outcomes(&run());
+    let ran: Vec<&str> = fourth
+        .iter()
+        .filter(|(_, o)| o == "ran")
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(ran, ["sample-labels", "pseudo-label"], "{fourth:?}");
+}

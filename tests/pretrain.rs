@@ -186,9 +186,15 @@ fn s2l_pretrain_then_embed_then_classifier_pseudo_labels() {
         i,
         "--output",
         p,
+        "--compare-kmeans",
     ]);
     assert!(r.status.success(), "{}", common::text(&r));
     let pm = manifest(&pl);
+    // k-means on the same features, scored beside the classifier's labels.
+    let nmi = pm["counts"]["kmeans_quality_nmi"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&nmi), "k-means NMI {nmi}");
+    assert!(pl.join("kmeans_confusion.png").exists());
+    assert!(pl.join("kmeans_quality.json").exists());
     let labelled = manifest(&labels)["counts"]["labelled"].as_u64().unwrap();
     assert_eq!(pm["counts"]["given"].as_u64().unwrap(), labelled);
     assert_eq!(pm["counts"]["predicted"].as_u64().unwrap(), 800 - labelled);

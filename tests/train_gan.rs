@@ -190,6 +190,20 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
         ] {
             assert!(out.join(f).exists(), "{mode}: no {f}");
         }
+        // The manifest records the fraction of person-given labels the mode used.
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("_stage.json")).unwrap())
+                .unwrap();
+        let want = match mode {
+            "s2gan-co" | "s3gan" => 5.0 / 48.0,
+            "biggan" | "s2gan" | "clustering" | "clustering-ss" => 1.0,
+            _ => 0.0,
+        };
+        let got = manifest["counts"]["label_fraction"].as_f64();
+        assert!(
+            got.is_some_and(|f| (f - want).abs() < 1e-9),
+            "{mode}: label_fraction {got:?}, want {want}"
+        );
         let m = metrics(&out);
         assert_eq!(m.len(), 2, "{mode}: one line per step");
         for key in [

@@ -4,22 +4,21 @@
 # training images, each against 1,000 training images), and the Inception's
 # end-to-end images/s through tch and through the package, same threads.
 # Env: N (images per set, 1000), THREADS (2), BENCH_DIR (target/bench-evaluate),
-# PROFILE (release; `dev` reuses the test build: the network runs in libtorch either way).
+# BENCH_PROFILE (benches/env.sh).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-. scripts/env.sh
+. benches/env.sh
 n=${N:-1000}
 threads=${THREADS:-2}
-work=$(realpath -m "${BENCH_DIR:-target/bench-evaluate}")
+work=$(realpath -m "${BENCH_DIR:-$CARGO_TARGET_DIR/bench-evaluate}")
 rm -rf "$work" && mkdir -p "$work"
-profile=${PROFILE:-release}
-if [ "$profile" = release ]; then bin=target/release/fewlabels; flag=--release; else bin=target/debug/fewlabels; flag=; fi
-cargo build $flag --locked --bin fewlabels >&2
+bench_build
+bin=$FL_BIN
 
 echo "evaluate bench: writing $n-image tables in $work" >&2
 FEWLABELS_BENCH_DIR=$work FEWLABELS_BENCH_IMAGES=$n \
-  cargo test $flag --locked --test evaluate -- --ignored --exact write_bench_tables >&2
+  cargo test --profile "$bench_profile" --locked --test evaluate -- --ignored --exact write_bench_tables >&2
 
 echo "evaluate bench: fewlabels evaluate ($threads threads)" >&2
 "$bin" --json evaluate --device cpu --threads "$threads" --reference "$work/train" \

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # CPU comparison at 32x32 (no GPU needed): our G step vs the same architecture
 # and step in PyTorch, same thread count, one run. Called by benches/run.sh;
-# needs `make build` (target/release/fewlabels) and `make setup` (the Python).
+# needs `make setup` (the Python); builds the binary.
 # Environment: THREADS (2), CH (32), BATCH (64), STEPS (5), WARMUP (2).
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
-[ -f "$top/build/env.mk" ] && . "$top/scripts/env.sh"
-export FEWLABELS=${FEWLABELS:-$top/target/release/fewlabels}
+. "$top/benches/env.sh"
+[ -n "${FEWLABELS:-}" ] || bench_build
+export FEWLABELS=${FEWLABELS:-$FL_BIN}
 export PYTHON=${FEWLABELS_PYTHON:-python3}
 DEVICE=cpu RES=32 CH=${CH:-32} BATCH=${BATCH:-64} STEPS=${STEPS:-5} WARMUP=${WARMUP:-2} \
   THREADS=${THREADS:-2} PRECISIONS=fp32 nice -n 10 bash "$top/benches/gan/gpu.sh"

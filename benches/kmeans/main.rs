@@ -119,6 +119,7 @@ fn main() {
             "backend": format!("{:?}", c.backend), "init": format!("{:?}", c.init),
             "iterations": c.iterations, "seconds": seconds,
             "init_seconds": c.init_seconds, "iterate_seconds": c.iterate_seconds,
+            "seconds_per_iteration": c.iterate_seconds / c.iterations.max(1) as f64,
             "inertia": c.inertia, "nmi": quality.as_ref().map(|q| q.nmi),
             "accuracy": quality.as_ref().map(|q| q.accuracy),
         })

@@ -70,7 +70,8 @@ def main():
     else:
         raise SystemExit(f"unknown peer {what}")
     print(json.dumps({"what": what, "n": n, "d": d, "k": k, "iterations": it,
-                      "seconds": secs, "nmi": float(nmi(y, labels)), **extra}))
+                      "seconds": secs, "seconds_per_iteration": secs / max(it, 1),
+                      "nmi": float(nmi(y, labels)), **extra}))
 
 
 if __name__ == "__main__":

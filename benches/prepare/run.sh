@@ -3,22 +3,22 @@
 # pipelines users run today, on the same files, in one run, on the cores
 # given (default 2). Then the levers (DCT scaling, SIMD resize, PNG effort,
 # encoding at all, threads) one at a time, and peak RSS for 10k and 100k
-# inputs. Needs `make setup` and a release build (`make bench` does both).
+# inputs. Needs `make setup` (`make bench` runs it).
 #
 #   benches/prepare/run.sh            # everything (about 10 minutes on 2 cores)
 #   PREPARE_BENCH_RSS=0 benches/prepare/run.sh   # skip the 100k RSS runs
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 here=$top/benches/prepare
-. "$top/scripts/env.sh"
-bin=${FEWLABELS_BIN:-$top/target/release/fewlabels}
+. "$top/benches/env.sh"
+bin=${FEWLABELS_BIN:-$FL_BIN}
 py=${FEWLABELS_PYTHON:?run make setup}
 data=${FEWLABELS_BENCH_DATA:-$top/bench-data}
 threads=${PREPARE_BENCH_THREADS:-2}
 count=${PREPARE_BENCH_FILES:-6000}
 corpus=$data/prepare-corpus-$count
 work=$data/prepare-work
-[ -x "$bin" ] || (cd "$top" && cargo build --release --locked)
+[ -n "${FEWLABELS_BIN:-}" ] || bench_build
 mkdir -p "$data"
 if [ ! -d "$corpus" ]; then
   "$py" "$here/make_corpus.py" "$FEWLABELS_PHOTOS" "$corpus" "$count"

@@ -9,15 +9,15 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-. scripts/env.sh
+. benches/env.sh
 s2l_steps=${1:-1200}
 sup_steps=${2:-2400}
 rot_steps=${3:-1200}
 out=${BENCH_OUT:-$top/runs/bench-pretrain}
 mkdir -p "$out"
-cargo build --locked --bin fewlabels --example fmnist_stages >&2  # dev profile: dependencies at opt-level 3
-fl=target/debug/fewlabels
-[ -f "$out/fmnist/images/_stage.json" ] || target/debug/examples/fmnist_stages "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
+bench_build --example fmnist_stages
+fl=$FL_BIN
+[ -f "$out/fmnist/images/_stage.json" ] || "$FL_EXAMPLES/fmnist_stages" "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
 img=$out/fmnist/images lab=$out/fmnist/labels
 common=(--threads 2 --device cpu --arch small --eval-every 400)
 run() { echo "+ $*" >&2; /usr/bin/time -f "%e s wall" "$@"; }

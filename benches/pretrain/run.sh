@@ -7,14 +7,14 @@
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
-. scripts/env.sh
+. benches/env.sh
 threads=${1:-2}
 steps=${2:-30}
 batch=32 labelled=32
 out=${BENCH_OUT:-$top/runs/bench-pretrain}
 mkdir -p "$out"
-cargo build --locked --example pretrain_bench --example fmnist_stages >&2  # dev profile: dependencies at opt-level 3 (Cargo.toml)
-bin=target/debug/examples
+bench_build --example pretrain_bench --example fmnist_stages
+bin=$FL_EXAMPLES
 [ -f "$out/fmnist/images/_stage.json" ] || "$bin/fmnist_stages" "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
 : > "$out/step.jsonl"
 for i in 1 2 3; do

@@ -88,6 +88,21 @@ impl GanMode {
         }
     }
 
+    /// Fraction of the training rows whose label came from a person and
+    /// reaches the GAN (the paper's label fraction): 0 for modes that use no
+    /// labels of the data.
+    pub fn label_fraction(self, data: &DataSummary) -> f64 {
+        let uses = matches!(
+            self.real_labels(),
+            RealLabels::FromData | RealLabels::CoTraining
+        );
+        if uses && data.rows > 0 {
+            data.human_labelled as f64 / data.rows as f64
+        } else {
+            0.0
+        }
+    }
+
     pub fn real_labels(self) -> RealLabels {
         match self {
             GanMode::Biggan | GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
@@ -130,6 +145,8 @@ pub struct DataSummary {
     pub rows: u64,
     /// Rows with a non-null label.
     pub labelled: u64,
+    /// Rows whose label a person gave (label_source `given` or `true`), not inferred.
+    pub human_labelled: u64,
     /// Class names from the table's metadata.
     pub class_names: Vec<String>,
     /// Largest label seen + 1 (0 when none).
@@ -192,6 +209,7 @@ mod tests {
         DataSummary {
             rows,
             labelled,
+            human_labelled: labelled,
             class_names: vec!["a".into(), "b".into()],
             max_label: 2,
         }

@@ -75,6 +75,11 @@ pub struct Params {
     /// Mini-batch size of the linfa back-end (0 = automatic).
     #[arg(long, default_value_t = 0)]
     pub batch_size: usize,
+    /// With `--method classifier`, also cluster the same features with k-means
+    /// and score those clusters (`kmeans_quality.json`, `kmeans_confusion.png`)
+    /// next to the classifier's labels; the labels written are the classifier's.
+    #[arg(long, default_value_t = false)]
+    pub compare_kmeans: bool,
 }
 
 impl Default for Params {
@@ -88,6 +93,7 @@ impl Default for Params {
             max_iter: 100,
             tol: 1e-4,
             batch_size: 0,
+            compare_kmeans: false,
         }
     }
 }
@@ -154,7 +160,12 @@ pub fn run(
                 }
             };
             write_labelling(run, &labelling)?;
-            quality_report(run, images, &labelling)
+            quality_report(run, images, &labelling, "")?;
+            if params.compare_kmeans && params.method == Method::Classifier {
+                let clusters = label_by_kmeans(features, images, params, exec, run)?;
+                quality_report(run, images, &clusters, "kmeans_")?;
+            }
+            Ok(())
         },
     )
 }
@@ -496,8 +507,9 @@ pub struct QualityReport {
 }
 
 /// Scores the labelling against the images' true labels, when there are any:
-/// writes `quality.json` and `confusion.png` and puts the figures in the summary.
-fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()> {
+/// writes `{prefix}quality.json` and `{prefix}confusion.png` and puts the
+/// figures in the summary as `{prefix}quality_*`.
+fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling, prefix: &str) -> Result<()> {
     let m = Manifest::read_complete(images, "prepare")?;
     let class_names = tables::class_names(images, &m, "images")?;
     let truth = tables::read_id_labels(images, &m, "images")?;
@@ -525,7 +537,7 @@ fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()
     }
     if t.is_empty() {
         run.count(
-            "quality",
+            &format!("{prefix}quality"),
             "no true labels in the images table: no quality report",
         );
         return Ok(());
@@ -538,15 +550,16 @@ fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()
     } else {
         None
     };
-    run.count("quality_scored", t.len() as u64);
-    run.count("quality_accuracy", cq.accuracy);
-    run.count("quality_nmi", cq.nmi);
-    run.count("quality_ari", cq.ari);
-    run.count("quality_purity", cq.purity);
+    let key = |k: &str| format!("{prefix}quality_{k}");
+    run.count(&key("scored"), t.len() as u64);
+    run.count(&key("accuracy"), cq.accuracy);
+    run.count(&key("nmi"), cq.nmi);
+    run.count(&key("ari"), cq.ari);
+    run.count(&key("purity"), cq.purity);
     if let Some(pq) = &predicted {
-        run.count("quality_predicted_accuracy", pq.accuracy);
-        run.count("quality_predicted_macro_precision", pq.macro_precision);
-        run.count("quality_predicted_macro_recall", pq.macro_recall);
+        run.count(&key("predicted_accuracy"), pq.accuracy);
+        run.count(&key("predicted_macro_precision"), pq.macro_precision);
+        run.count(&key("predicted_macro_recall"), pq.macro_recall);
     }
     // Heat map: clusters in matched order; classes in their own order.
     let order = if l.labels_are_classes {
@@ -577,8 +590,9 @@ fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()
         order.as_deref(),
         &title,
     );
-    crate::plot::save_png(&img, &run.dir.join("confusion.png"))?;
-    run.add_output("confusion.png", None)?;
+    let png = format!("{prefix}confusion.png");
+    crate::plot::save_png(&img, &run.dir.join(&png))?;
+    run.add_output(&png, None)?;
     let report = QualityReport {
         scored: t.len() as u64,
         class_names,
@@ -587,9 +601,10 @@ fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling) -> Result<()
         predicted,
         contingency: contingency_rows(&contingency),
     };
-    let path = run.dir.join("quality.json");
+    let file = format!("{prefix}quality.json");
+    let path = run.dir.join(&file);
     write_atomic(&path, &serde_json::to_vec_pretty(&report).at(&path)?)?;
-    run.add_output("quality.json", None)?;
+    run.add_output(&file, None)?;
     Ok(())
 }
 

@@ -74,9 +74,14 @@ pub struct Cli {
     pub exec: Exec,
 }
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(images: &Path) -> Vec<Input> {
-    vec![Input::stage(images, "prepare")]
+/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan):
+/// the images table and, with `--from`, the user's list.
+pub fn inputs(images: &Path, params: &Params) -> Vec<Input> {
+    let mut ins = vec![Input::stage(images, "prepare")];
+    if let Some(list) = &params.from {
+        ins.push(Input::Path(list.clone()));
+    }
+    ins
 }
 
 /// Labels kept per class for a fraction: nearest integer (halves up), at least one.
@@ -117,11 +122,7 @@ pub fn run(
 ) -> Result<(Manifest, Outcome)> {
     let _ = exec;
     validate(params)?;
-    let mut ins = inputs(images);
-    if let Some(list) = &params.from {
-        // The pipeline's plan does not see this file (inputs() has no params); `run` does.
-        ins.push(Input::Path(list.clone()));
-    }
+    let ins = inputs(images, params);
     stage::run_stage(NAME, output, params, &ins, |run| body(images, params, run))
 }
 

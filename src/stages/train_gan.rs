@@ -21,6 +21,7 @@ use crate::progress::Outcome;
 use crate::shard::schema::class_names_of;
 use crate::shard::{shard_schema, table_files, TableReader};
 use crate::stage::{self, Input};
+use crate::stages::tables;
 use crate::stages::Exec;
 
 pub use crate::gan::modes::{GanMode, LabelsNeeded};
@@ -239,13 +240,18 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
         class_names,
         ..DataSummary::default()
     };
-    for batch in TableReader::new(files.clone(), Some(&["label"])) {
+    for batch in TableReader::new(files.clone(), Some(&["label", "label_source"])) {
         let batch = batch?;
         let col = batch
             .column(0)
             .as_any()
             .downcast_ref::<arrow::array::Int64Array>()
             .ok_or_else(|| Error::file(first, "`label` is not an int64 column"))?;
+        let source = tables::str_column(&batch, "label_source", first)?;
+        s.human_labelled += source
+            .iter()
+            .filter(|v| matches!(v, Some("given") | Some("true")))
+            .count() as u64;
         s.rows += col.len() as u64;
         for v in col.iter().flatten() {
             if v < 0 {
@@ -278,6 +284,8 @@ pub fn run(
         run.count("resumed_from_step", outcome.resumed_from);
         run.count("rows", summary.rows);
         run.count("labelled_rows", summary.labelled);
+        run.count("human_labelled_rows", summary.human_labelled);
+        run.count("label_fraction", params.mode.label_fraction(&summary));
         run.count("classes", cfg.model.n_classes);
         run.count("g_parameters", outcome.g_params);
         run.count("d_parameters", outcome.d_params);

@@ -1,0 +1,15 @@
+# Sourced by every benches/*/run.sh: the cached libtorch and Python (make
+# setup; also the target folder the Makefile uses) and the binaries to time.
+# BENCH_PROFILE: dev (default; the build `make test` and `make demo` use, with
+# dependencies fully optimised: the heavy work is in libtorch and the
+# decoders either way) or release.
+bench_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$bench_top/scripts/env.sh"
+bench_profile=${BENCH_PROFILE:-dev}
+if [ "$bench_profile" = dev ]; then bench_dir=debug; else bench_dir=$bench_profile; fi
+# Builds the fewlabels binary (and any examples named) in the bench profile.
+bench_build() {
+  (cd "$bench_top" && cargo build --locked --profile "$bench_profile" --bin fewlabels "$@" >&2)
+}
+FL_BIN=$CARGO_TARGET_DIR/$bench_dir/fewlabels
+FL_EXAMPLES=$CARGO_TARGET_DIR/$bench_dir/examples
