@@ -84,6 +84,7 @@ pub fn write_report(
             })
             .collect(),
     ));
+    headline_blocks(&stages, run_dir, &mut blocks);
     for s in &stages {
         blocks.push(Block::Heading(format!(
             "{} ({}/)",
@@ -98,6 +99,114 @@ pub fn write_report(
     write_atomic(&html_path, html.as_bytes())?;
     write_atomic(&md_path, md.as_bytes())?;
     Ok((html_path, md_path))
+}
+
+/// The figures a reader looks for first, gathered from the stages' counts,
+/// and the last sample grid beside the pseudo-label confusion matrix.
+fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>) {
+    let count = |stage: &str, key: &str| -> Option<&serde_json::Value> {
+        stages
+            .iter()
+            .find(|s| s.manifest.stage == stage)
+            .and_then(|s| s.manifest.counts.get(key))
+    };
+    let num = |stage: &str, key: &str| count(stage, key).and_then(|v| v.as_f64());
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut row = |what: &str, value: String| rows.push(vec![what.to_string(), value]);
+    if let (Some(kept), Some(images)) = (
+        num("sample-labels", "labelled"),
+        num("sample-labels", "images"),
+    ) {
+        let holdout = num("sample-labels", "holdout").unwrap_or(0.0);
+        row(
+            "labels kept (train + holdout)",
+            format!(
+                "{} + {} of {} images ({:.1}%)",
+                kept,
+                holdout,
+                images,
+                100.0 * (kept + holdout) / images.max(1.0)
+            ),
+        );
+    }
+    if let Some(acc) = num("pretrain", "holdout_accuracy") {
+        row("pretrain: holdout accuracy", format!("{acc:.3}"));
+    }
+    if let Some(acc) = num("pseudo-label", "quality_predicted_accuracy") {
+        row(
+            "pseudo-labels: accuracy on the images without a label",
+            format!("{acc:.3}"),
+        );
+    }
+    if let (Some(acc), Some(nmi)) = (
+        num("pseudo-label", "quality_accuracy"),
+        num("pseudo-label", "quality_nmi"),
+    ) {
+        let ari = num("pseudo-label", "quality_ari").unwrap_or(f64::NAN);
+        row(
+            "pseudo-labels: accuracy / NMI / ARI, all images",
+            format!("{acc:.3} / {nmi:.3} / {ari:.3}"),
+        );
+    }
+    if let (Some(acc), Some(nmi)) = (
+        num("pseudo-label", "kmeans_quality_accuracy"),
+        num("pseudo-label", "kmeans_quality_nmi"),
+    ) {
+        let ari = num("pseudo-label", "kmeans_quality_ari").unwrap_or(f64::NAN);
+        row(
+            "k-means on the same features: accuracy / NMI / ARI",
+            format!("{acc:.3} / {nmi:.3} / {ari:.3}"),
+        );
+    }
+    if let (Some(mode), Some(steps)) = (count("train-gan", "mode"), num("train-gan", "steps")) {
+        let fraction = num("train-gan", "label_fraction")
+            .map(|f| format!(", {:.1}% person-given labels", 100.0 * f))
+            .unwrap_or_default();
+        row(
+            "GAN",
+            format!(
+                "{} mode, {steps} steps{fraction}",
+                mode.as_str().unwrap_or("?")
+            ),
+        );
+    }
+    if let Some(fid) = num("evaluate", "fid") {
+        let kid = num("evaluate", "kid").unwrap_or(f64::NAN);
+        let n = num("evaluate", "samples_per_run").unwrap_or(0.0);
+        let refs = num("evaluate", "reference_images").unwrap_or(0.0);
+        row(
+            "FID / KID",
+            format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
+        );
+    }
+    if rows.is_empty() {
+        return;
+    }
+    blocks.push(Block::Heading("Headline figures".into()));
+    blocks.push(Block::Table(vec!["figure".into(), "value".into()], rows));
+    let rel = |p: &Path| {
+        p.strip_prefix(run_dir)
+            .unwrap_or(p)
+            .to_string_lossy()
+            .into_owned()
+    };
+    if let Some(gan) = stages.iter().find(|s| s.manifest.stage == "train-gan") {
+        if let Some(grid) = files_with_ext(&gan.dir.join("samples"), "png").last() {
+            blocks.push(Block::Image(
+                rel(grid),
+                "last sample grid of the EMA generator: one row per class".into(),
+            ));
+        }
+    }
+    if let Some(pl) = stages.iter().find(|s| s.manifest.stage == "pseudo-label") {
+        let confusion = pl.dir.join("confusion.png");
+        if confusion.exists() {
+            blocks.push(Block::Image(
+                rel(&confusion),
+                "pseudo-labels against the true labels".into(),
+            ));
+        }
+    }
 }
 
 fn stage_blocks(

@@ -200,6 +200,26 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
     );
     assert!(first.iter().all(|(_, o)| o == "ran"), "{first:?}");
 
+    // The report: every picture it names exists and is a PNG; the headline
+    // figures include the pseudo-labels' quality.
+    let report = tmp.path().join("run").join("report.html");
+    let html = fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("Headline figures") && html.contains("accuracy / NMI / ARI"),
+        "{html}"
+    );
+    let pictures: Vec<&str> = html
+        .split("src=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(pictures.len() >= 2, "too few pictures: {pictures:?}");
+    for p in pictures {
+        let bytes = fs::read(report.parent().unwrap().join(p)).unwrap_or_default();
+        assert!(bytes.starts_with(b"\x89PNG"), "{p} is missing or not a PNG");
+    }
+    assert!(tmp.path().join("run").join("report.md").exists());
+
     let again = run();
     assert!(
         outcomes(&again).iter().all(|(_, o)| o == "up-to-date"),

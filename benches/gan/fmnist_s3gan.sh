@@ -28,5 +28,5 @@ $fl --quiet shard --images "$out/images" --labels "$out/labels" --output "$out/t
   --ema-decay 0.99 --ema-start $((steps / 2)) --sample-every 200 --checkpoint-every 200 --log-every 20 \
   --device cpu --threads "$threads" | tee "$out/train-gan.json"
 last=$(ls "$out/gan/samples/"step-*.png | tail -1)
-cp "$last" docs/s3gan-fashion-mnist-32.png
+mkdir -p docs && cp "$last" docs/s3gan-fashion-mnist-32.png
 echo "grid: $last -> docs/s3gan-fashion-mnist-32.png" >&2

@@ -13,15 +13,16 @@ steps=${2:-30}
 batch=32 labelled=32
 out=${BENCH_OUT:-$top/runs/bench-pretrain}
 mkdir -p "$out"
-bench_build --example pretrain_bench --example fmnist_stages
+bench_build --example pretrain_bench
 bin=$FL_EXAMPLES
-[ -f "$out/fmnist/images/_stage.json" ] || "$bin/fmnist_stages" "$FEWLABELS_FASHION_MNIST" "$out/fmnist" 60000 32 0.1
+"$FL_BIN" --quiet prepare --input "$FEWLABELS_FASHION_MNIST/train-images-idx3-ubyte.gz" --size 32 \
+  --output "$out/images"  # up to date after the first time
 : > "$out/step.jsonl"
 for i in 1 2 3; do
   "$bin/pretrain_bench" step "$threads" "$steps" $batch $labelled | tee -a "$out/step.jsonl"
   "$FEWLABELS_PYTHON" benches/pretrain/torch_step.py "$threads" "$steps" $batch $labelled | tee -a "$out/step.jsonl"
 done
-"$bin/pretrain_bench" loader "$threads" "$out/fmnist/images" 256 100 | tee "$out/loader.jsonl"
+"$bin/pretrain_bench" loader "$threads" "$out/images" 256 100 | tee "$out/loader.jsonl"
 "$FEWLABELS_PYTHON" - "$out/step.jsonl" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

@@ -312,19 +312,10 @@ pub fn main(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        p: Params,
-    }
 
     #[test]
     fn clap_defaults_equal_params_default() {
-        assert_eq!(Wrap::try_parse_from(["x"]).unwrap().p, Params::default());
-        let from_toml: Params = toml::from_str("").unwrap();
-        assert_eq!(from_toml, Params::default());
+        crate::stages::assert_defaults_agree::<Params>();
     }
 
     #[test]

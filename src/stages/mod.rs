@@ -30,3 +30,20 @@ pub struct Exec {
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
 }
+
+/// Test helper: a stage's parameters default to the same values from the
+/// command line (clap's `default_value_t`) as from an empty pipeline table
+/// (serde's `Default`), so `fewlabels STAGE` and `fewlabels run` agree.
+#[cfg(test)]
+pub(crate) fn assert_defaults_agree<P>()
+where
+    P: clap::Args + Default + PartialEq + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let matches = P::augment_args(clap::Command::new("x"))
+        .try_get_matches_from(["x"])
+        .expect("parse no flags");
+    let from_cli = P::from_arg_matches(&matches).expect("from matches");
+    assert_eq!(from_cli, P::default(), "command-line defaults");
+    let from_toml: P = toml::from_str("").expect("empty table");
+    assert_eq!(from_toml, P::default(), "pipeline-file defaults");
+}

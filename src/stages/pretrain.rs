@@ -666,20 +666,10 @@ fn holdout_accuracy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        p: Params,
-    }
 
     #[test]
     fn clap_defaults_equal_params_default() {
-        let parsed = Wrap::try_parse_from(["x"]).unwrap().p;
-        assert_eq!(parsed, Params::default());
-        let from_toml: Params = toml::from_str("").unwrap();
-        assert_eq!(from_toml, Params::default());
+        crate::stages::assert_defaults_agree::<Params>();
         let t: Params =
             toml::from_str("objective = \"supervised\"\nlabelled-batch-size = 8").unwrap();
         assert_eq!(t.objective, Objective::Supervised);

@@ -509,20 +509,10 @@ pub fn main(cli: Cli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        p: Params,
-    }
 
     #[test]
     fn clap_defaults_equal_params_default() {
-        let w = Wrap::try_parse_from(["x"]).unwrap();
-        assert_eq!(w.p, Params::default());
-        let from_toml: Params = toml::from_str("").unwrap();
-        assert_eq!(from_toml, Params::default());
+        crate::stages::assert_defaults_agree::<Params>();
     }
 
     #[test]

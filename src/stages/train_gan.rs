@@ -453,20 +453,10 @@ pub fn bench_main(cli: BenchCli) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct P {
-        #[command(flatten)]
-        p: Params,
-    }
 
     #[test]
     fn clap_defaults_equal_params_default() {
-        let parsed = P::try_parse_from(["x"]).expect("parse").p;
-        assert_eq!(parsed, Params::default());
-        let from_toml: Params = toml::from_str("").expect("toml");
-        assert_eq!(from_toml, Params::default());
+        crate::stages::assert_defaults_agree::<Params>();
         let toml_set: Params = toml::from_str("mode = \"s3gan\"\nbatch-size = 64").expect("toml");
         assert_eq!(toml_set.mode, GanMode::S3gan);
         assert_eq!(toml_set.batch_size, 64);
