@@ -161,6 +161,15 @@ fn outcomes(o: &std::process::Output) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The stages that ran (not up to date).
+fn ran(outcomes: &[(String, String)]) -> Vec<&str> {
+    outcomes
+        .iter()
+        .filter(|(_, o)| o == "ran")
+        .map(|(s, _)| s.as_str())
+        .collect()
+}
+
 #[test]
 fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
     let tmp = tempfile::tempdir().unwrap();
@@ -231,12 +240,7 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
     // One parameter of the last stage: only that stage runs.
     write(tmp.path(), "p.toml", &pipeline(1));
     let third = outcomes(&run());
-    let ran: Vec<&str> = third
-        .iter()
-        .filter(|(_, o)| o == "ran")
-        .map(|(s, _)| s.as_str())
-        .collect();
-    assert_eq!(ran, ["shard"], "{third:?}");
+    assert_eq!(ran(&third), ["shard"], "{third:?}");
 
     // The `--from` list is an input: the plan sees an edit of it, and a run
     // redoes sample-labels and pseudo-label, which reads its output; not
@@ -251,10 +255,5 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
         .unwrap();
     assert!(line.contains("will run: inputs changed"), "{plan}");
     let fourth = outcomes(&run());
-    let ran: Vec<&str> = fourth
-        .iter()
-        .filter(|(_, o)| o == "ran")
-        .map(|(s, _)| s.as_str())
-        .collect();
-    assert_eq!(ran, ["sample-labels", "pseudo-label"], "{fourth:?}");
+    assert_eq!(ran(&fourth), ["sample-labels", "pseudo-label"], "{fourth:?}");
 }
