@@ -255,5 +255,9 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
         .unwrap();
     assert!(line.contains("will run: inputs changed"), "{plan}");
     let fourth = outcomes(&run());
-    assert_eq!(ran(&fourth), ["sample-labels", "pseudo-label"], "{fourth:?}");
+    assert_eq!(
+        ran(&fourth),
+        ["sample-labels", "pseudo-label"],
+        "{fourth:?}"
+    );
 }
