@@ -13,3 +13,10 @@ bench_build() {
 }
 FL_BIN=$CARGO_TARGET_DIR/$bench_dir/fewlabels
 FL_EXAMPLES=$CARGO_TARGET_DIR/$bench_dir/examples
+# Fashion-MNIST's 60,000 training images at 32x32 as an `images/` stage
+# folder at $1 (up to date, so instant, after the first time).
+bench_fmnist_images() {
+  "$FL_BIN" --quiet prepare --input "$FEWLABELS_FASHION_MNIST/train-images-idx3-ubyte.gz" --size 32 \
+    --class-names "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot" \
+    --output "$1"
+}

@@ -15,9 +15,7 @@ out=${BENCH_OUT:-$top/runs/bench-s3gan}
 bench_build
 fl=$FL_BIN
 mkdir -p "$out"
-$fl --quiet prepare --input "$FEWLABELS_FASHION_MNIST/train-images-idx3-ubyte.gz" --size 32 \
-  --class-names "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot" \
-  --output "$out/images"
+bench_fmnist_images "$out/images"
 $fl --quiet sample-labels --images "$out/images" --fraction 0.1 --seed 0 --output "$out/labels"
 $fl --quiet shard --images "$out/images" --labels "$out/labels" --output "$out/train"
 # compare_gan's s3gan settings (lr G 1e-4, D 5e-4, 2 D steps, rotation

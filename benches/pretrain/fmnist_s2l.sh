@@ -23,9 +23,7 @@ out=${BENCH_OUT:-$top/runs/bench-pretrain}
 bench_build
 fl=$FL_BIN
 mkdir -p "$out"
-$fl --quiet prepare --input "$FEWLABELS_FASHION_MNIST/train-images-idx3-ubyte.gz" --size 32 \
-  --class-names "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot" \
-  --output "$out/images"
+bench_fmnist_images "$out/images"
 $fl --quiet sample-labels --images "$out/images" --fraction 0.09 --holdout 0.01 --seed 0 --output "$out/labels"
 img=$out/images lab=$out/labels
 common=(--threads "$threads" --device cpu --arch "$arch" --schedule cosine --checkpoint-every 100000)
