@@ -10,6 +10,7 @@ use std::time::Instant;
 use fewlabels::manifest::Manifest;
 use fewlabels::models::resnet::{rotate4, Config, RotationNet};
 use fewlabels::shard::table_files;
+use fewlabels::stage::StageName;
 use fewlabels::train::loader::{Loader, LoaderConfig};
 use fewlabels::train::optim::{OptimConfig, Optimizer};
 use fewlabels::{Error, Result};
@@ -69,7 +70,7 @@ fn main() -> Result<()> {
                 std::path::PathBuf::from(a.get(3).ok_or_else(|| Error::invalid("IMAGES_DIR"))?);
             let batch: usize = arg(&a, 4, "batch")?;
             let batches: usize = arg(&a, 5, "batches")?;
-            let m = Manifest::read_complete(&dir, "prepare")?;
+            let m = Manifest::read_complete(&dir, StageName::Prepare)?;
             let loader = Loader::new(
                 table_files(&dir, &m, "images"),
                 LoaderConfig::train(batch, 0),

@@ -43,7 +43,7 @@ use image::{DynamicImage, ImageDecoder, ImageEncoder, ImageFormat, ImageReader, 
 use serde::{Deserialize, Serialize};
 
 /// How output images are stored in the `image` column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     /// Lossless PNG (what Hugging Face `datasets` and PIL read by default).
@@ -56,7 +56,7 @@ pub enum Codec {
 }
 
 /// zlib effort for PNG output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PngCompression {
     /// fdeflate's fast mode: slightly larger files for a fraction of the
@@ -68,7 +68,7 @@ pub enum PngCompression {
 }
 
 /// Whether JPEGs may be decoded at 1/2, 1/4 or 1/8 scale in the DCT domain.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JpegScaling {
     /// Scale when the shorter side stays >= the target size.

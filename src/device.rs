@@ -6,7 +6,7 @@ use tch::Device;
 use crate::error::{Error, Result};
 
 /// Where networks run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     /// CUDA when available, else CPU.

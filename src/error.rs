@@ -19,9 +19,23 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Invalid parameters or a missing prerequisite; the message says how to fix it.
+    /// A missing prerequisite or a problem found while running; the message says how to fix it.
     #[error("{0}")]
     Invalid(String),
+    /// A parameter value out of range, or parameters that contradict each
+    /// other: found before anything runs, exit status 2 like a usage error.
+    /// The message names the flag, or the pipeline file and line.
+    #[error("{0}")]
+    Usage(String),
+    /// Another process holds the folder's lock.
+    #[error("{0}")]
+    Busy(String),
+    /// libtorch failed inside a stage (its first line; no C++ stack frames).
+    #[error("libtorch: {0}")]
+    TorchFailure(String),
+    /// A bug: a panic outside libtorch, caught at the stage boundary.
+    #[error("internal error: {0}; please report it")]
+    Internal(String),
     /// A failure inside libtorch (shape mismatch, CUDA error, ...).
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
@@ -50,6 +64,18 @@ impl Error {
     }
     pub fn invalid(msg: impl fmt::Display) -> Self {
         Error::Invalid(msg.to_string())
+    }
+    pub fn usage(msg: impl fmt::Display) -> Self {
+        Error::Usage(msg.to_string())
+    }
+
+    /// The process exit status for this error: 2 for usage and parameter
+    /// errors, 1 for everything else (DESIGN.md "Interface").
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 1,
+        }
     }
 }
 

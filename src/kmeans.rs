@@ -23,26 +23,24 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result};
 
 /// How the first centroids are picked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Init {
     /// k-means++ for up to 100 clusters, k-means|| above.
     #[default]
     Auto,
     /// k-means++ (Arthur and Vassilvitskii 2007): k passes over the data.
-    #[value(name = "kmeans++")]
     #[serde(rename = "kmeans++")]
     KmeansPlusPlus,
     /// k-means|| (Bahmani et al. 2012) on a sample of 32 points per cluster: 5
     /// rounds oversampling k points each, then weighted k-means++ on the candidates.
-    #[value(name = "kmeans-parallel")]
     KmeansParallel,
     /// k distinct points drawn uniformly (faiss's default).
     Random,
 }
 
 /// Which implementation runs the iterations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
     /// linfa for small problems (points x clusters x dims up to 1e8), libtorch

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
+use crate::stage::StageName;
 
 pub const MANIFEST_FILE: &str = "_stage.json";
 
@@ -35,7 +36,7 @@ pub struct Timings {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
-    pub stage: String,
+    pub stage: StageName,
     pub tool_version: String,
     pub params: serde_json::Value,
     pub input_fingerprint: String,
@@ -58,13 +59,21 @@ impl Manifest {
         }
     }
 
-    /// Reads the manifest of a finished stage, or says which stage to run.
-    pub fn read_complete(dir: &Path, stage_hint: &str) -> Result<Manifest> {
-        match Manifest::read(dir)? {
-            Some(m) if m.complete => Ok(m),
+    /// Reads the manifest of a finished `stage`, or says which stage to run.
+    /// A manifest that cannot be parsed counts as none: its stage re-runs.
+    pub fn read_complete(dir: &Path, stage: StageName) -> Result<Manifest> {
+        match Manifest::read(dir).ok().flatten() {
+            Some(m) if m.complete && m.stage == stage => Ok(m),
+            Some(m) if m.complete => Err(Error::file(
+                dir,
+                format!(
+                    "holds the output of `{}`, not of `{stage}`; give the folder `fewlabels {stage}` wrote",
+                    m.stage
+                ),
+            )),
             _ => Err(Error::file(
                 dir,
-                format!("no finished stage here (no complete {MANIFEST_FILE}); run `fewlabels {stage_hint}` first"),
+                format!("no finished stage here (no complete {MANIFEST_FILE}); run `fewlabels {stage}` first"),
             )),
         }
     }
@@ -87,7 +96,7 @@ impl Manifest {
     /// The fingerprint a downstream stage takes of this one: its outputs' checksums.
     pub fn output_fingerprint(&self) -> String {
         let mut h = blake3::Hasher::new();
-        h.update(self.stage.as_bytes());
+        h.update(self.stage.as_str().as_bytes());
         for o in &self.outputs {
             h.update(o.path.as_bytes());
             h.update(o.checksum.as_bytes());

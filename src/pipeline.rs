@@ -14,20 +14,26 @@
 //! fraction = 0.1
 //! ```
 //! Every table's keys are the stage's parameters (`fewlabels STAGE --help`);
-//! the folders between stages are fixed names inside the run directory.
+//! the folders between stages are fixed names inside the run directory, and
+//! `--set TABLE.KEY=VALUE` changes any key without editing the file.
+//!
+//! Everything is checked before any stage runs, `--plan` included: the
+//! tables and keys, every parameter's range, the wiring between stages and
+//! the constraints across them. Errors name the file and line (or the
+//! `--set` that caused them). `fewlabels run` holds the run directory's lock
+//! for the whole run, so two runs never write one directory.
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::gan::modes::{GanMode, LabelsNeeded};
 use crate::manifest::Manifest;
 use crate::progress::{self, Outcome};
-use crate::stage::{self, Input};
-use crate::stages::shard::LabelSource;
-use crate::stages::train_gan::LabelsNeeded;
-use crate::stages::{
-    embed, evaluate, prepare, pretrain, pseudo_label, sample_labels, shard, train_gan, Exec,
-};
+use crate::stage::{self, lock_dir, Input, StageName};
+use crate::stages::{self, pseudo_label, shard, show_value, AnyStage, Exec, ParamError, RunDirs};
 
 /// The `[pipeline]` table.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -41,37 +47,6 @@ pub struct Header {
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
 }
-
-/// A whole pipeline file. Absent tables are stages that do not run.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct PipelineFile {
-    #[serde(default)]
-    pub pipeline: Header,
-    pub prepare: Option<prepare::Params>,
-    pub sample_labels: Option<sample_labels::Params>,
-    pub pretrain: Option<pretrain::Params>,
-    pub embed: Option<embed::Params>,
-    pub pseudo_label: Option<pseudo_label::Params>,
-    pub shard: Option<shard::Params>,
-    pub train_gan: Option<train_gan::Params>,
-    pub evaluate: Option<evaluate::Params>,
-    /// Execution options for every stage (threads, device); never change outputs.
-    #[serde(default)]
-    pub exec: Exec,
-}
-
-/// The stages in run order: (table name, folder in the run directory).
-pub const STAGES: [(&str, &str); 8] = [
-    ("prepare", "images"),
-    ("sample-labels", "labels"),
-    ("pretrain", "pretrain"),
-    ("embed", "features"),
-    ("pseudo-label", "pseudo_labels"),
-    ("shard", "train"),
-    ("train-gan", "gan"),
-    ("evaluate", "eval"),
-];
 
 /// `fewlabels run`.
 #[derive(clap::Args, Debug)]
@@ -87,65 +62,150 @@ pub struct Cli {
     /// Print what would run and why, and run nothing.
     #[arg(long)]
     pub plan: bool,
+    /// Change one key of the file: `--set train-gan.steps=2`, `--set
+    /// prepare.input='"/data/x.tar"'` (a TOML value; a bare word is a string). Repeatable.
+    #[arg(long, value_name = "TABLE.KEY=VALUE")]
+    pub set: Vec<String>,
 }
 
-/// A parsed pipeline with its source, for error messages with line numbers.
+/// One `--set TABLE.KEY=VALUE`.
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub table: String,
+    pub key: String,
+    pub value: toml::Value,
+    /// As the user typed it, for messages.
+    pub text: String,
+}
+
+impl Override {
+    pub fn parse(text: &str) -> Result<Override> {
+        let bad = |why: &str| Error::usage(format!("--set {text}: {why}"));
+        let (lhs, rhs) = text
+            .split_once('=')
+            .ok_or_else(|| bad("expected TABLE.KEY=VALUE, e.g. train-gan.steps=2"))?;
+        let (table, key) = lhs
+            .trim()
+            .split_once('.')
+            .ok_or_else(|| bad("expected TABLE.KEY before `=`, e.g. train-gan.steps"))?;
+        if table.is_empty() || key.is_empty() || key.contains('.') {
+            return Err(bad("expected one table and one key, e.g. train-gan.steps"));
+        }
+        let rhs = rhs.trim();
+        // A TOML value; a bare word (`--set train-gan.mode=s3gan`) is taken as a string.
+        let value = toml::from_str::<toml::Table>(&format!("v = {rhs}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(rhs.to_string()));
+        Ok(Override {
+            table: table.to_string(),
+            key: key.to_string(),
+            value,
+            text: text.to_string(),
+        })
+    }
+}
+
+/// A stage of a pipeline, as planned: its parameters as its manifest
+/// records them, its folders and the inputs it fingerprints.
+pub struct Step {
+    pub stage: &'static dyn AnyStage,
+    pub params: serde_json::Value,
+    pub dirs: RunDirs,
+    pub inputs: Vec<Input>,
+}
+
+impl Step {
+    pub fn name(&self) -> StageName {
+        self.stage.name()
+    }
+}
+
+/// A parsed and checked pipeline.
 pub struct Pipeline {
     pub path: PathBuf,
     pub source: String,
-    pub file: PipelineFile,
+    pub header: Header,
+    pub exec: Exec,
     pub run_dir: PathBuf,
+    pub overrides: Vec<Override>,
+    /// The stages the file has, in run order.
+    pub steps: Vec<Step>,
+}
+
+/// Parameters of each stage table, before wiring.
+struct Tables {
+    header: Header,
+    exec: Exec,
+    params: Vec<(&'static dyn AnyStage, serde_json::Value)>,
 }
 
 impl Pipeline {
     /// Reads and checks a pipeline file. With `paths_aside` (for `--plan`), a
     /// missing input path is not an error: the plan says so instead.
-    pub fn load(path: &Path, run_dir: Option<&Path>, paths_aside: bool) -> Result<Pipeline> {
+    pub fn load(
+        path: &Path,
+        run_dir: Option<&Path>,
+        overrides: &[Override],
+        paths_aside: bool,
+    ) -> Result<Pipeline> {
         let source = std::fs::read_to_string(path)
             .map_err(|e| Error::file(path, format!("cannot read pipeline file: {e}")))?;
-        let file: PipelineFile =
-            toml::from_str(&source).map_err(|e| toml_error(path, &source, &e))?;
-        let run_dir = match (run_dir, &file.pipeline.run_dir) {
+        let mut p = Pipeline {
+            path: path.to_path_buf(),
+            source,
+            header: Header::default(),
+            exec: Exec::default(),
+            run_dir: PathBuf::new(),
+            overrides: overrides.to_vec(),
+            steps: Vec::new(),
+        };
+        let tables = p.parse_tables()?;
+        p.header = tables.header;
+        p.exec = tables.exec;
+        p.run_dir = match (run_dir, &p.header.run_dir) {
             (Some(d), _) => d.to_path_buf(),
             (None, Some(d)) => d.clone(),
             (None, None) => PathBuf::from("runs").join(path.file_stem().unwrap_or_default()),
         };
-        let p = Pipeline {
-            path: path.to_path_buf(),
-            source,
-            file,
-            run_dir,
-        };
-        p.validate(paths_aside)?;
+        for (stage, params) in &tables.params {
+            if let Err(e) = stage.validate(params) {
+                return Err(p.param_error(stage.name(), &e, params));
+            }
+        }
+        p.cross_check(&tables.params)?;
+        let mode = tables
+            .params
+            .iter()
+            .find(|(s, _)| s.name() == StageName::TrainGan)
+            .and_then(|(_, v)| v.get("mode"))
+            .and_then(|m| serde_json::from_value::<GanMode>(m.clone()).ok());
+        let present: Vec<StageName> = tables.params.iter().map(|(s, _)| s.name()).collect();
+        for (stage, params) in tables.params {
+            let dirs = p.wire(stage, &present, mode)?;
+            stage
+                .check(&dirs, &params)
+                .map_err(|e| p.at_table(stage.name(), &e.to_string()))?;
+            let inputs = stage.inputs(&dirs, &params)?;
+            p.steps.push(Step {
+                stage,
+                params,
+                dirs,
+                inputs,
+            });
+        }
+        if !paths_aside {
+            p.check_paths()?;
+        }
         Ok(p)
     }
 
     /// The folder of a stage in the run directory.
-    pub fn dir(&self, stage: &str) -> PathBuf {
-        let folder = STAGES
-            .iter()
-            .find(|(s, _)| *s == stage)
-            .map(|(_, d)| *d)
-            .expect("known stage");
-        self.run_dir.join(folder)
+    pub fn dir(&self, stage: StageName) -> PathBuf {
+        self.run_dir.join(stage.folder())
     }
 
-    fn has(&self, stage: &str) -> bool {
-        let f = &self.file;
-        match stage {
-            "prepare" => f.prepare.is_some(),
-            "sample-labels" => f.sample_labels.is_some(),
-            "pretrain" => f.pretrain.is_some(),
-            "embed" => f.embed.is_some(),
-            "pseudo-label" => f.pseudo_label.is_some(),
-            "shard" => f.shard.is_some(),
-            "train-gan" => f.train_gan.is_some(),
-            "evaluate" => f.evaluate.is_some(),
-            _ => false,
-        }
-    }
-
-    /// The line of a table's header, for messages.
+    /// The first line of `[table]`, for messages.
     fn line_of(&self, table: &str) -> usize {
         let header = format!("[{table}]");
         self.source
@@ -155,252 +215,374 @@ impl Pipeline {
             .unwrap_or(1)
     }
 
-    /// An upstream stage folder: present when the pipeline runs that stage or
-    /// an earlier run left it finished; otherwise an error naming the fix.
-    fn need(&self, table: &str, upstream: &str) -> Result<PathBuf> {
-        let dir = self.dir(upstream);
-        if self.has(upstream)
-            || Manifest::read(&dir)
-                .ok()
-                .flatten()
-                .is_some_and(|m| m.complete)
-        {
-            return Ok(dir);
+    /// The line of `key` inside `[table]` (the table's line when the key is absent).
+    fn line_of_key(&self, table: &str, key: &str) -> usize {
+        let start = self.line_of(table);
+        for (i, l) in self.source.lines().enumerate().skip(start) {
+            let t = l.trim_start();
+            if t.starts_with('[') {
+                break;
+            }
+            if t.strip_prefix(key)
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+            {
+                return i + 1;
+            }
         }
-        Err(Error::invalid(format!(
-            "{}:{}: [{table}] needs the output of [{upstream}] ({}); add a [{upstream}] table",
+        start
+    }
+
+    fn override_of(&self, table: &str, key: &str) -> Option<&Override> {
+        self.overrides
+            .iter()
+            .rev()
+            .find(|o| o.table == table && o.key == key)
+    }
+
+    /// A parameter error as `FILE:LINE: TABLE.KEY = VALUE: MSG`, or naming the `--set`.
+    fn param_error(&self, stage: StageName, e: &ParamError, params: &serde_json::Value) -> Error {
+        let table = stage.as_str();
+        if let Some(o) = self.override_of(table, e.key) {
+            return Error::usage(format!("--set {}: {}", o.text, e.msg));
+        }
+        let value = match params.get(e.key) {
+            Some(serde_json::Value::String(s)) => format!("{s:?}"),
+            v => show_value(v),
+        };
+        Error::usage(format!(
+            "{}:{}: {table}.{} = {value}: {}",
             self.path.display(),
-            self.line_of(table),
-            dir.display()
-        )))
+            self.line_of_key(table, e.key),
+            e.key,
+            e.msg
+        ))
     }
 
-    fn optional(&self, upstream: &str) -> Option<PathBuf> {
-        let dir = self.dir(upstream);
-        (self.has(upstream)
-            || Manifest::read(&dir)
-                .ok()
-                .flatten()
-                .is_some_and(|m| m.complete))
-        .then_some(dir)
+    /// An error about a whole table, as `FILE:LINE: [TABLE] MSG`.
+    fn at_table(&self, stage: StageName, msg: &str) -> Error {
+        Error::usage(format!(
+            "{}:{}: [{stage}] {msg}",
+            self.path.display(),
+            self.line_of(stage.as_str())
+        ))
     }
 
-    /// Where the training shards' labels come from, following the GAN mode.
-    fn label_source_dir(&self) -> Result<(Option<PathBuf>, LabelsNeeded)> {
-        let needed = match &self.file.train_gan {
-            Some(p) => p.mode.labels_needed(),
-            None if self.has("pseudo-label") => LabelsNeeded::PseudoLabels,
-            None if self.has("sample-labels") => LabelsNeeded::Subset,
-            None => LabelsNeeded::True,
-        };
-        let dir = match needed {
-            LabelsNeeded::PseudoLabels => Some(self.need("shard", "pseudo-label")?),
-            LabelsNeeded::Subset => Some(self.need("shard", "sample-labels")?),
-            LabelsNeeded::True => None,
-        };
-        Ok((dir, needed))
-    }
-
-    /// Checks that every stage's inputs come from somewhere.
-    fn validate(&self, paths_aside: bool) -> Result<()> {
-        if self.has("sample-labels") {
-            self.need("sample-labels", "prepare")?;
+    /// Parses the file's tables, with the `--set` overrides applied.
+    fn parse_tables(&self) -> Result<Tables> {
+        let path = &self.path;
+        let source = &self.source;
+        let mut doc: toml::Table =
+            toml::from_str(source).map_err(|e| toml_error(path, source, &e))?;
+        for o in &self.overrides {
+            let known = o.table == "pipeline" || o.table == "exec";
+            if !known && StageName::parse(&o.table).is_none() {
+                return Err(Error::usage(format!(
+                    "--set {}: no table `{}`; the tables are pipeline, exec and the stages ({})",
+                    o.text,
+                    o.table,
+                    stage_list()
+                )));
+            }
+            if !known && !doc.contains_key(&o.table) {
+                return Err(Error::usage(format!(
+                    "--set {}: {} has no [{}] table; add it to the file to run that stage",
+                    o.text,
+                    path.display(),
+                    o.table
+                )));
+            }
+            let table = doc
+                .entry(o.table.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match table {
+                toml::Value::Table(t) => {
+                    t.insert(o.key.clone(), o.value.clone());
+                }
+                _ => {
+                    return Err(Error::usage(format!(
+                        "--set {}: `{}` is not a table",
+                        o.text, o.table
+                    )))
+                }
+            }
         }
-        if self.has("pretrain") {
-            self.need("pretrain", "prepare")?;
-        }
-        if self.has("embed") {
-            self.need("embed", "prepare")?;
-        }
-        if self.has("pseudo-label") {
-            self.need("pseudo-label", "embed")?;
-        }
-        if self.has("shard") {
-            self.need("shard", "prepare")?;
-            self.label_source_dir()?;
-        }
-        if self.has("train-gan") {
-            self.need("train-gan", "shard")?;
-        }
-        if self.has("evaluate") {
-            self.need("evaluate", "train-gan")?;
-            self.need("evaluate", "prepare")?;
-        }
-        if let Some(p) = &self.file.prepare {
-            if !p.input.exists() && !paths_aside {
-                return Err(Error::invalid(format!(
-                    "{}:{}: [prepare] input `{}` does not exist; fix the path (or run `make setup` for the demo data)",
-                    self.path.display(),
-                    self.line_of("prepare"),
-                    p.input.display()
+        for (key, value) in &doc {
+            let known = key == "pipeline" || key == "exec" || StageName::parse(key).is_some();
+            if !known {
+                return Err(Error::usage(format!(
+                    "{}:{}: unknown table [{key}]; the tables are pipeline, exec and the stages ({})",
+                    path.display(),
+                    self.line_of(key),
+                    stage_list()
+                )));
+            }
+            if !value.is_table() {
+                return Err(Error::usage(format!(
+                    "{}:{}: `{key}` must be a table ([{key}])",
+                    path.display(),
+                    self.line_of(key)
                 )));
             }
         }
-        if let Some(list) = self
-            .file
-            .sample_labels
-            .as_ref()
-            .and_then(|p| p.from.as_ref())
+        let header: Header = self
+            .table_value(&doc, "pipeline", &Typed::<Header>(PhantomData))?
+            .map(|v| serde_json::from_value(v).expect("round trip"))
+            .unwrap_or_default();
+        let exec: Exec = self
+            .table_value(&doc, "exec", &Typed::<Exec>(PhantomData))?
+            .map(|v| serde_json::from_value(v).expect("round trip"))
+            .unwrap_or_default();
+        let mut params = Vec::new();
+        for stage in stages::REGISTRY {
+            if let Some(v) = self.table_value(&doc, stage.name().as_str(), &StageTable(stage))? {
+                params.push((stage, v));
+            }
+        }
+        Ok(Tables {
+            header,
+            exec,
+            params,
+        })
+    }
+
+    /// Deserialises table `name` of the merged document. An error is located
+    /// in the file through its spans, or blamed on the `--set` that caused it.
+    fn table_value(
+        &self,
+        doc: &toml::Table,
+        name: &str,
+        parser: &dyn ParseTable,
+    ) -> Result<Option<serde_json::Value>> {
+        let Some(value) = doc.get(name) else {
+            return Ok(None);
+        };
+        let e = match parser.owned(value.clone()) {
+            Ok(v) => return Ok(Some(v)),
+            Err(e) => e,
+        };
+        // The file's own table, with spans: if it fails too, its line is the place.
+        if let Some(table) = toml::de::DeTable::parse(&self.source)
+            .ok()
+            .and_then(|root| {
+                let root = toml::de::DeValue::Table(root.into_inner());
+                root.get(name).cloned()
+            })
         {
-            if !list.exists() && !paths_aside {
-                return Err(Error::invalid(format!(
-                    "{}:{}: [sample-labels] from `{}` does not exist; fix the path to your CSV or Parquet list of labelled images",
-                    self.path.display(),
-                    self.line_of("sample-labels"),
-                    list.display()
-                )));
+            if let Err(e) = parser.spanned(toml::de::ValueDeserializer::from(table)) {
+                return Err(toml_error(&self.path, &self.source, &e));
+            }
+        }
+        let set: Vec<&str> = self
+            .overrides
+            .iter()
+            .filter(|o| o.table == name)
+            .map(|o| o.text.as_str())
+            .collect();
+        Err(Error::usage(format!(
+            "--set {}: [{name}] {}",
+            set.join(" --set "),
+            e.message().trim().replace('\n', " ")
+        )))
+    }
+
+    /// The folders `stage` reads, from the run directory.
+    fn wire(
+        &self,
+        stage: &'static dyn AnyStage,
+        tables: &[StageName],
+        mode: Option<GanMode>,
+    ) -> Result<RunDirs> {
+        let name = stage.name();
+        let present = |s: StageName| {
+            tables.contains(&s)
+                || Manifest::read(&self.dir(s))
+                    .ok()
+                    .flatten()
+                    .is_some_and(|m| m.complete)
+        };
+        let mut dirs = RunDirs::new(self.dir(name));
+        for slot in stage.slots().iter().filter(|s| s.in_pipeline) {
+            if name == StageName::Shard && slot.stage != StageName::Prepare {
+                continue; // wired below, by the GAN mode
+            }
+            if present(slot.stage) {
+                dirs = dirs.with(slot, self.dir(slot.stage));
+            } else if slot.required {
+                return Err(self.needs(name, slot.stage));
+            }
+        }
+        if name == StageName::Shard {
+            // The training labels follow the GAN mode that reads the shards.
+            let needed = match mode {
+                Some(mode) => mode.labels_needed(),
+                None if present(StageName::PseudoLabel) => LabelsNeeded::PseudoLabels,
+                None if present(StageName::SampleLabels) => LabelsNeeded::Subset,
+                None => LabelsNeeded::True,
+            };
+            let (slot, from) = match needed {
+                LabelsNeeded::PseudoLabels => (&shard::PSEUDO_LABELS, StageName::PseudoLabel),
+                LabelsNeeded::Subset => (&shard::SUBSET, StageName::SampleLabels),
+                LabelsNeeded::True => return Ok(dirs),
+            };
+            if !present(from) {
+                return Err(self.needs(name, from));
+            }
+            dirs = dirs.with(slot, self.dir(from));
+        }
+        Ok(dirs)
+    }
+
+    fn needs(&self, stage: StageName, upstream: StageName) -> Error {
+        Error::usage(format!(
+            "{}:{}: [{stage}] needs the output of [{upstream}] ({}); add a [{upstream}] table",
+            self.path.display(),
+            self.line_of(stage.as_str()),
+            self.dir(upstream).display()
+        ))
+    }
+
+    /// Constraints between stages' parameters.
+    fn cross_check(&self, params: &[(&'static dyn AnyStage, serde_json::Value)]) -> Result<()> {
+        let get = |s: StageName| params.iter().find(|(st, _)| st.name() == s).map(|x| &x.1);
+        let prepare = get(StageName::Prepare);
+        if let (Some(prep), Some(gan)) = (prepare, get(StageName::TrainGan)) {
+            let size = prep.get("size").and_then(|v| v.as_i64());
+            let res = gan.get("resolution").and_then(|v| v.as_i64());
+            if let (Some(size), Some(res)) = (size, res) {
+                if size != res {
+                    let e = ParamError::new(
+                        "resolution",
+                        format!(
+                            "the training images are {size}x{size} (prepare.size = {size}, line {}); set one to the other",
+                            self.line_of_key("prepare", "size")
+                        ),
+                    );
+                    return Err(self.param_error(StageName::TrainGan, &e, gan));
+                }
+            }
+        }
+        if let (Some(pl), Some(gan)) = (get(StageName::PseudoLabel), get(StageName::TrainGan)) {
+            let method: Option<pseudo_label::Method> = pl
+                .get("method")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            let mode: Option<GanMode> = gan
+                .get("mode")
+                .and_then(|v| serde_json::from_value(v.clone()).ok());
+            let clash = match (mode, method) {
+                (Some(GanMode::S2gan), Some(pseudo_label::Method::Kmeans)) => {
+                    Some("trains on a classifier's labels, but pseudo-label.method = \"kmeans\" makes clusters: use mode \"clustering\", or method \"classifier\"")
+                }
+                (
+                    Some(GanMode::Clustering | GanMode::ClusteringSs),
+                    Some(pseudo_label::Method::Classifier),
+                ) => Some("trains on k-means clusters, but pseudo-label.method = \"classifier\" predicts classes: use mode \"s2gan\", or method \"kmeans\""),
+                _ => None,
+            };
+            if let Some(msg) = clash {
+                return Err(self.param_error(
+                    StageName::TrainGan,
+                    &ParamError::new("mode", msg),
+                    gan,
+                ));
+            }
+            if method == Some(pseudo_label::Method::Classifier)
+                && get(StageName::Pretrain).is_none()
+                && !self
+                    .dir(StageName::Pretrain)
+                    .join(crate::manifest::MANIFEST_FILE)
+                    .exists()
+            {
+                let e = ParamError::new(
+                    "method",
+                    "needs a trained classifier: add a [pretrain] table (with [sample-labels] for its head)",
+                );
+                return Err(self.param_error(StageName::PseudoLabel, &e, pl));
             }
         }
         Ok(())
     }
 
-    /// The stages this pipeline runs, in order, each with its parameters as
-    /// the stage records them and the inputs it fingerprints.
-    pub fn steps(&self) -> Result<Vec<Step>> {
-        let f = &self.file;
-        let mut steps = Vec::new();
-        let images = self.dir("prepare");
-        let mut push = |name: &'static str, params: serde_json::Value, inputs: Vec<Input>| {
-            let dir = self.dir(name);
-            steps.push(Step {
-                name,
-                dir,
-                params,
-                inputs,
-            });
-        };
-        let json = |v: &dyn erased::Ser| v.to_json();
-        if let Some(p) = &f.prepare {
-            push("prepare", json(p), prepare::inputs(p));
-        }
-        if let Some(p) = &f.sample_labels {
-            push("sample-labels", json(p), sample_labels::inputs(&images, p));
-        }
-        let labels = self.optional("sample-labels");
-        if let Some(p) = &f.pretrain {
-            push(
-                "pretrain",
-                json(p),
-                pretrain::inputs(&images, labels.as_deref()),
-            );
-        }
-        let model = self.optional("pretrain");
-        if let Some(p) = &f.embed {
-            push("embed", json(p), embed::inputs(&images, model.as_deref()));
-        }
-        if let Some(p) = &f.pseudo_label {
-            push(
-                "pseudo-label",
-                json(p),
-                pseudo_label::inputs(&self.dir("embed"), labels.as_deref(), &images),
-            );
-        }
-        if let Some(p) = &f.shard {
-            let (dir, needed) = self.label_source_dir()?;
-            let source = label_source(dir.as_deref(), needed);
-            push("shard", json(p), shard::inputs(&images, source));
-        }
-        if let Some(p) = &f.train_gan {
-            push("train-gan", json(p), train_gan::inputs(&self.dir("shard")));
-        }
-        if let Some(p) = &f.evaluate {
-            push(
-                "evaluate",
-                json(p),
-                evaluate::inputs(&self.dir("train-gan"), &images),
-            );
-        }
-        Ok(steps)
-    }
-
-    /// Runs one stage by name.
-    fn run_stage(&self, name: &str) -> Result<(Manifest, Outcome)> {
-        let f = &self.file;
-        let exec = &f.exec;
-        let images = self.dir("prepare");
-        let labels = self.optional("sample-labels");
-        let out = self.dir(name);
-        match name {
-            "prepare" => prepare::run(&out, f.prepare.as_ref().expect("has prepare"), exec),
-            "sample-labels" => {
-                sample_labels::run(&images, &out, f.sample_labels.as_ref().expect("has"), exec)
+    /// The user's files exist (not for `--plan`, which reports them instead).
+    fn check_paths(&self) -> Result<()> {
+        for step in &self.steps {
+            for input in &step.inputs {
+                let Input::Path(p) = input else { continue };
+                if p.exists() {
+                    continue;
+                }
+                let (key, what) = match step.name() {
+                    StageName::Prepare => (
+                        "input",
+                        "fix the path (or run `make setup` for the demo data)",
+                    ),
+                    StageName::SampleLabels => (
+                        "from",
+                        "fix the path to your CSV or Parquet list of labelled images",
+                    ),
+                    _ => ("", "fix the path"),
+                };
+                let table = step.name().as_str();
+                let place = match self.override_of(table, key) {
+                    Some(o) => format!("--set {}", o.text),
+                    None => format!("{}:{}", self.path.display(), self.line_of_key(table, key)),
+                };
+                return Err(Error::invalid(format!(
+                    "{place}: [{table}] {key} `{}` does not exist; {what}",
+                    p.display()
+                )));
             }
-            "pretrain" => pretrain::run(
-                &images,
-                labels.as_deref(),
-                &out,
-                f.pretrain.as_ref().expect("has"),
-                exec,
-            ),
-            "embed" => embed::run(
-                &images,
-                self.optional("pretrain").as_deref(),
-                &out,
-                f.embed.as_ref().expect("has"),
-                exec,
-            ),
-            "pseudo-label" => pseudo_label::run(
-                &self.dir("embed"),
-                labels.as_deref(),
-                &images,
-                &out,
-                f.pseudo_label.as_ref().expect("has"),
-                exec,
-            ),
-            "shard" => {
-                let (dir, needed) = self.label_source_dir()?;
-                shard::run(
-                    &images,
-                    label_source(dir.as_deref(), needed),
-                    &out,
-                    f.shard.as_ref().expect("has"),
-                    exec,
-                )
-            }
-            "train-gan" => train_gan::run(
-                &self.dir("shard"),
-                &out,
-                f.train_gan.as_ref().expect("has"),
-                exec,
-            ),
-            "evaluate" => evaluate::run(
-                &self.dir("train-gan"),
-                &images,
-                &out,
-                f.evaluate.as_ref().expect("has"),
-                exec,
-            ),
-            other => Err(Error::invalid(format!("unknown stage `{other}`"))),
         }
+        Ok(())
     }
 }
 
-fn label_source(dir: Option<&Path>, needed: LabelsNeeded) -> LabelSource<'_> {
-    match (dir, needed) {
-        (Some(d), LabelsNeeded::PseudoLabels) => LabelSource::PseudoLabels(d),
-        (Some(d), LabelsNeeded::Subset) => LabelSource::Labels(d),
-        _ => LabelSource::TrueLabels,
+fn stage_list() -> String {
+    StageName::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Parses one table of a pipeline file into the JSON a manifest records.
+trait ParseTable {
+    fn owned(&self, v: toml::Value) -> std::result::Result<serde_json::Value, toml::de::Error>;
+    fn spanned(
+        &self,
+        v: toml::de::ValueDeserializer<'_>,
+    ) -> std::result::Result<serde_json::Value, toml::de::Error>;
+}
+
+/// A table of a fixed type (`[pipeline]`, `[exec]`).
+struct Typed<T>(PhantomData<T>);
+
+impl<T: DeserializeOwned + Serialize> ParseTable for Typed<T> {
+    fn owned(&self, v: toml::Value) -> std::result::Result<serde_json::Value, toml::de::Error> {
+        let t = T::deserialize(v)?;
+        Ok(serde_json::to_value(t).expect("serialise"))
+    }
+    fn spanned(
+        &self,
+        v: toml::de::ValueDeserializer<'_>,
+    ) -> std::result::Result<serde_json::Value, toml::de::Error> {
+        let t = T::deserialize(v)?;
+        Ok(serde_json::to_value(t).expect("serialise"))
     }
 }
 
-/// Serialising the different `Params` types through one function.
-mod erased {
-    pub trait Ser {
-        fn to_json(&self) -> serde_json::Value;
-    }
-    impl<T: serde::Serialize> Ser for T {
-        fn to_json(&self) -> serde_json::Value {
-            serde_json::to_value(self).expect("parameters serialise")
-        }
-    }
-}
+/// A stage's table.
+struct StageTable(&'static dyn AnyStage);
 
-/// One stage of a pipeline, as planned.
-pub struct Step {
-    pub name: &'static str,
-    pub dir: PathBuf,
-    pub params: serde_json::Value,
-    pub inputs: Vec<Input>,
+impl ParseTable for StageTable {
+    fn owned(&self, v: toml::Value) -> std::result::Result<serde_json::Value, toml::de::Error> {
+        self.0.parse_owned(v)
+    }
+    fn spanned(
+        &self,
+        v: toml::de::ValueDeserializer<'_>,
+    ) -> std::result::Result<serde_json::Value, toml::de::Error> {
+        self.0.parse_spanned(v)
+    }
 }
 
 /// Why a stage would run, or that it would not.
@@ -411,76 +593,53 @@ pub enum Decision {
     Run(String),
 }
 
-/// Decides each step's fate without running anything.
-pub fn plan(steps: &[Step]) -> Vec<Decision> {
+/// Decides each step's fate without running anything. Finished outputs are
+/// verified: a damaged or truncated file makes its stage "run".
+pub fn plan(steps: &[&Step]) -> Vec<Decision> {
     let mut decisions = Vec::new();
-    let mut upstream_runs: Vec<&str> = Vec::new();
+    let mut upstream_runs: Vec<StageName> = Vec::new();
     for step in steps {
         let d = decide(step, &upstream_runs);
         if matches!(d, Decision::Run(_)) {
-            upstream_runs.push(step.name);
+            upstream_runs.push(step.name());
         }
         decisions.push(d);
     }
     decisions
 }
 
-fn decide(step: &Step, upstream_runs: &[&str]) -> Decision {
-    let manifest = match Manifest::read(&step.dir) {
-        Ok(Some(m)) if m.complete => m,
-        Ok(Some(_)) => return Decision::Run("an earlier run did not finish; it resumes".into()),
-        Ok(None) => return Decision::Run("not run yet".into()),
-        Err(e) => return Decision::Run(format!("unreadable manifest ({e})")),
-    };
-    if manifest.tool_version != stage::TOOL_VERSION {
-        return Decision::Run(format!("made by fewlabels {}", manifest.tool_version));
-    }
-    if manifest.params != step.params {
-        return Decision::Run(format!(
-            "parameters changed: {}",
-            diff_params(&manifest.params, &step.params)
-        ));
-    }
+fn decide(step: &Step, upstream_runs: &[StageName]) -> Decision {
+    let dir = &step.dirs.output;
     // Inputs are fingerprinted after their own stage ran; an upstream re-run may or may not change them.
-    let upstream: Vec<&str> = step
+    let after: Vec<&str> = step
         .inputs
         .iter()
         .filter_map(|i| match i {
-            Input::Stage { stage, .. } => upstream_runs.iter().find(|u| *u == stage).copied(),
-            Input::Path(_) => None,
+            Input::Stage { stage, .. } if upstream_runs.contains(stage) => Some(stage.as_str()),
+            _ => None,
         })
         .collect();
-    if !upstream.is_empty() {
-        return Decision::Run(format!(
-            "after {} (if its output changes)",
-            upstream.join(", ")
-        ));
+    if after.is_empty() {
+        return match stage::fingerprint(&step.inputs) {
+            Err(e) => Decision::Run(format!("inputs not ready ({e})")),
+            Ok(fp) => match stage::up_to_date(dir, step.name(), &step.params, &fp) {
+                Ok(_) => Decision::UpToDate,
+                Err(why) => Decision::Run(why),
+            },
+        };
     }
-    match stage::fingerprint(&step.inputs) {
-        Ok(fp) if fp == manifest.input_fingerprint => Decision::UpToDate,
-        Ok(_) => Decision::Run("inputs changed".into()),
-        Err(e) => Decision::Run(format!("inputs not ready ({e})")),
-    }
-}
-
-fn diff_params(old: &serde_json::Value, new: &serde_json::Value) -> String {
-    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else {
-        return "all".into();
+    // Its own state first (a changed parameter is the better reason), then the upstream run.
+    let recorded = match Manifest::read(dir) {
+        Ok(Some(m)) => m.input_fingerprint,
+        _ => String::new(),
     };
-    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
-    keys.sort();
-    keys.dedup();
-    let changed: Vec<String> = keys
-        .into_iter()
-        .filter(|k| o.get(*k) != n.get(*k))
-        .map(|k| {
-            let show = |v: Option<&serde_json::Value>| {
-                v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
-            };
-            format!("{k} {} -> {}", show(o.get(k)), show(n.get(k)))
-        })
-        .collect();
-    changed.join(", ")
+    match stage::up_to_date(dir, step.name(), &step.params, &recorded) {
+        Err(why) if why != "inputs changed" => Decision::Run(why),
+        _ => Decision::Run(format!(
+            "after {} (if its output changes)",
+            after.join(", ")
+        )),
+    }
 }
 
 /// Turns a TOML error into one line: `FILE:LINE: message`.
@@ -505,63 +664,82 @@ fn toml_error(path: &Path, source: &str, e: &toml::de::Error) -> Error {
             "; remove it or fix its spelling (`fewlabels STAGE --help` lists the parameters)",
         );
     }
-    Error::invalid(format!("{}:{line}: {msg}", path.display()))
+    Error::usage(format!("{}:{line}: {msg}", path.display()))
 }
 
 pub fn main(cli: Cli) -> Result<()> {
-    let pipeline = Pipeline::load(&cli.pipeline, cli.run_dir.as_deref(), cli.plan)?;
-    crate::device::set_threads(pipeline.file.exec.threads);
-    let mut steps = pipeline.steps()?;
+    let overrides: Vec<Override> = cli
+        .set
+        .iter()
+        .map(|s| Override::parse(s))
+        .collect::<Result<_>>()?;
+    let pipeline = Pipeline::load(&cli.pipeline, cli.run_dir.as_deref(), &overrides, cli.plan)?;
+    crate::device::set_threads(pipeline.exec.threads);
+    let mut steps: Vec<&Step> = pipeline.steps.iter().collect();
     if let Some(until) = &cli.until {
-        let pos = steps.iter().position(|s| s.name == until).ok_or_else(|| {
-            Error::invalid(format!(
-                "--until {until}: the pipeline has no such stage (it has {})",
-                names(&steps)
-            ))
-        })?;
+        let pos = steps
+            .iter()
+            .position(|s| s.name().as_str() == until)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--until {until}: the pipeline has no such stage (it has {})",
+                    names(&pipeline.steps)
+                ))
+            })?;
         steps.truncate(pos + 1);
     }
     if cli.plan {
         print_plan(&pipeline, &steps);
         return Ok(());
     }
+    let _lock = lock_dir(&pipeline.run_dir, "run directory")?;
     progress::note(format!(
         "pipeline {} -> {}",
         pipeline.path.display(),
         pipeline.run_dir.display()
     ));
+    for o in &pipeline.overrides {
+        progress::note(format!("  --set {}", o.text));
+    }
     let mut ran = Vec::new();
     for step in &steps {
-        let (_, outcome) = pipeline.run_stage(step.name)?;
-        ran.push((step.name, outcome));
+        let (_, outcome) = step
+            .stage
+            .execute(&step.dirs, &step.params, &pipeline.exec)?;
+        ran.push(outcome);
     }
-    if ran.iter().all(|(_, o)| *o == Outcome::UpToDate) {
+    if ran.iter().all(|o| *o == Outcome::UpToDate) {
         progress::note("every stage is up to date; nothing to do");
     }
-    let title = match &pipeline.file.pipeline.name {
+    let title = match &pipeline.header.name {
         Some(name) => format!("fewlabels run: {name}"),
         None => format!("fewlabels run: {}", pipeline.path.display()),
     };
-    let (html, _) = crate::report::write_report(&pipeline.run_dir, &title, &STAGES)?;
+    let (html, _) = crate::report::write_report(&pipeline.run_dir, &title)?;
     progress::note(format!("report: {}", html.display()));
     Ok(())
 }
 
 fn names(steps: &[Step]) -> String {
-    steps.iter().map(|s| s.name).collect::<Vec<_>>().join(", ")
+    steps
+        .iter()
+        .map(|s| s.name().as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-fn print_plan(pipeline: &Pipeline, steps: &[Step]) {
+fn print_plan(pipeline: &Pipeline, steps: &[&Step]) {
     let decisions = plan(steps);
     if progress::is_json() {
         let rows: Vec<_> = steps
             .iter()
             .zip(&decisions)
-            .map(|(s, d)| serde_json::json!({"stage": s.name, "dir": s.dir, "params": s.params, "decision": d}))
+            .map(|(s, d)| serde_json::json!({"stage": s.name(), "dir": s.dirs.output, "params": s.params, "decision": d}))
             .collect();
+        let sets: Vec<&str> = pipeline.overrides.iter().map(|o| o.text.as_str()).collect();
         println!(
             "{}",
-            serde_json::json!({"pipeline": pipeline.path, "run_dir": pipeline.run_dir, "stages": rows})
+            serde_json::json!({"pipeline": pipeline.path, "run_dir": pipeline.run_dir, "set": sets, "stages": rows})
         );
         return;
     }
@@ -570,12 +748,19 @@ fn print_plan(pipeline: &Pipeline, steps: &[Step]) {
         pipeline.path.display(),
         pipeline.run_dir.display()
     );
+    for o in &pipeline.overrides {
+        println!("  --set {}", o.text);
+    }
     for (s, d) in steps.iter().zip(&decisions) {
         let what = match d {
             Decision::UpToDate => "up to date".to_string(),
             Decision::Run(why) => format!("will run: {why}"),
         };
-        println!("  {:<14} -> {:<28} {what}", s.name, s.dir.display());
+        println!(
+            "  {:<14} -> {:<28} {what}",
+            s.name().as_str(),
+            s.dirs.output.display()
+        );
         println!("  {:<14}    params {}", "", s.params);
     }
 }

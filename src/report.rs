@@ -14,6 +14,7 @@ use crate::fsutil::write_atomic;
 use crate::manifest::Manifest;
 use crate::plot::{line_plot, save_png, LinePlot, Series};
 use crate::shard::TableReader;
+use crate::stage::StageName;
 
 /// Rejects listed in the report at most (the table holds them all).
 const MAX_REJECTS_SHOWN: usize = 50;
@@ -38,15 +39,12 @@ enum Block {
 }
 
 /// Writes `report.html` and `report.md` into `run_dir`; returns their paths.
-pub fn write_report(
-    run_dir: &Path,
-    title: &str,
-    stage_order: &[(&str, &str)],
-) -> Result<(PathBuf, PathBuf)> {
+pub fn write_report(run_dir: &Path, title: &str) -> Result<(PathBuf, PathBuf)> {
     let plots_dir = run_dir.join("report");
     fs::create_dir_all(&plots_dir).at(&plots_dir)?;
     let mut stages = Vec::new();
-    for (_, folder) in stage_order {
+    for stage in StageName::ALL {
+        let folder = stage.folder();
         let dir = run_dir.join(folder);
         if let Some(m) = Manifest::read(&dir)?.filter(|m| m.complete) {
             stages.push(StageDir {
@@ -75,7 +73,7 @@ pub fn write_report(
             .map(|s| {
                 let rows: u64 = s.manifest.outputs.iter().filter_map(|o| o.rows).sum();
                 vec![
-                    s.manifest.stage.clone(),
+                    s.manifest.stage.to_string(),
                     s.folder.clone(),
                     rows.to_string(),
                     s.manifest.outputs.len().to_string(),
@@ -104,20 +102,20 @@ pub fn write_report(
 /// The figures a reader looks for first, gathered from the stages' counts,
 /// and the last sample grid beside the pseudo-label confusion matrix.
 fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>) {
-    let count = |stage: &str, key: &str| -> Option<&serde_json::Value> {
+    let count = |stage: StageName, key: &str| -> Option<&serde_json::Value> {
         stages
             .iter()
             .find(|s| s.manifest.stage == stage)
             .and_then(|s| s.manifest.counts.get(key))
     };
-    let num = |stage: &str, key: &str| count(stage, key).and_then(|v| v.as_f64());
+    let num = |stage: StageName, key: &str| count(stage, key).and_then(|v| v.as_f64());
     let mut rows: Vec<Vec<String>> = Vec::new();
     let mut row = |what: &str, value: String| rows.push(vec![what.to_string(), value]);
     if let (Some(kept), Some(images)) = (
-        num("sample-labels", "labelled"),
-        num("sample-labels", "images"),
+        num(StageName::SampleLabels, "labelled"),
+        num(StageName::SampleLabels, "images"),
     ) {
-        let holdout = num("sample-labels", "holdout").unwrap_or(0.0);
+        let holdout = num(StageName::SampleLabels, "holdout").unwrap_or(0.0);
         row(
             "labels kept (train + holdout)",
             format!(
@@ -129,37 +127,40 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             ),
         );
     }
-    if let Some(acc) = num("pretrain", "holdout_accuracy") {
+    if let Some(acc) = num(StageName::Pretrain, "holdout_accuracy") {
         row("pretrain: holdout accuracy", format!("{acc:.3}"));
     }
-    if let Some(acc) = num("pseudo-label", "quality_predicted_accuracy") {
+    if let Some(acc) = num(StageName::PseudoLabel, "quality_predicted_accuracy") {
         row(
             "pseudo-labels: accuracy on the images without a label",
             format!("{acc:.3}"),
         );
     }
     if let (Some(acc), Some(nmi)) = (
-        num("pseudo-label", "quality_accuracy"),
-        num("pseudo-label", "quality_nmi"),
+        num(StageName::PseudoLabel, "quality_accuracy"),
+        num(StageName::PseudoLabel, "quality_nmi"),
     ) {
-        let ari = num("pseudo-label", "quality_ari").unwrap_or(f64::NAN);
+        let ari = num(StageName::PseudoLabel, "quality_ari").unwrap_or(f64::NAN);
         row(
             "pseudo-labels: accuracy / NMI / ARI, all images",
             format!("{acc:.3} / {nmi:.3} / {ari:.3}"),
         );
     }
     if let (Some(acc), Some(nmi)) = (
-        num("pseudo-label", "kmeans_quality_accuracy"),
-        num("pseudo-label", "kmeans_quality_nmi"),
+        num(StageName::PseudoLabel, "kmeans_quality_accuracy"),
+        num(StageName::PseudoLabel, "kmeans_quality_nmi"),
     ) {
-        let ari = num("pseudo-label", "kmeans_quality_ari").unwrap_or(f64::NAN);
+        let ari = num(StageName::PseudoLabel, "kmeans_quality_ari").unwrap_or(f64::NAN);
         row(
             "k-means on the same features: accuracy / NMI / ARI",
             format!("{acc:.3} / {nmi:.3} / {ari:.3}"),
         );
     }
-    if let (Some(mode), Some(steps)) = (count("train-gan", "mode"), num("train-gan", "steps")) {
-        let fraction = num("train-gan", "label_fraction")
+    if let (Some(mode), Some(steps)) = (
+        count(StageName::TrainGan, "mode"),
+        num(StageName::TrainGan, "steps"),
+    ) {
+        let fraction = num(StageName::TrainGan, "label_fraction")
             .map(|f| format!(", {:.1}% person-given labels", 100.0 * f))
             .unwrap_or_default();
         row(
@@ -170,10 +171,10 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             ),
         );
     }
-    if let Some(fid) = num("evaluate", "fid") {
-        let kid = num("evaluate", "kid").unwrap_or(f64::NAN);
-        let n = num("evaluate", "samples_per_run").unwrap_or(0.0);
-        let refs = num("evaluate", "reference_images").unwrap_or(0.0);
+    if let Some(fid) = num(StageName::Evaluate, "fid") {
+        let kid = num(StageName::Evaluate, "kid").unwrap_or(f64::NAN);
+        let n = num(StageName::Evaluate, "samples_per_run").unwrap_or(0.0);
+        let refs = num(StageName::Evaluate, "reference_images").unwrap_or(0.0);
         row(
             "FID / KID",
             format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
@@ -190,7 +191,10 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             .to_string_lossy()
             .into_owned()
     };
-    if let Some(gan) = stages.iter().find(|s| s.manifest.stage == "train-gan") {
+    if let Some(gan) = stages
+        .iter()
+        .find(|s| s.manifest.stage == StageName::TrainGan)
+    {
         if let Some(grid) = files_with_ext(&gan.dir.join("samples"), "png").last() {
             blocks.push(Block::Image(
                 rel(grid),
@@ -198,7 +202,10 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             ));
         }
     }
-    if let Some(pl) = stages.iter().find(|s| s.manifest.stage == "pseudo-label") {
+    if let Some(pl) = stages
+        .iter()
+        .find(|s| s.manifest.stage == StageName::PseudoLabel)
+    {
         let confusion = pl.dir.join("confusion.png");
         if confusion.exists() {
             blocks.push(Block::Image(
@@ -233,7 +240,7 @@ fn stage_blocks(
         blocks.push(Block::Table(vec!["figure".into(), "value".into()], scalars));
     }
     blocks.extend(structured);
-    if s.manifest.stage == "prepare" {
+    if s.manifest.stage == StageName::Prepare {
         rejects_block(s, blocks)?;
     }
     for jsonl in files_with_ext(&s.dir, "jsonl") {

@@ -1,125 +1,30 @@
 //! The self-labelling data path on real data: `sample-labels`, `embed
 //! --model pixels`, `pseudo-label --method kmeans` and `shard`, run through
-//! the real binary on Fashion-MNIST (Debian's IDX files). Until `prepare`
-//! reads IDX itself, `fashion_images` writes the `images/` stage folder
-//! directly: one PNG row per image through `TableWriter`, with a complete
-//! manifest from `stage::run_stage`.
+//! the real binary on Fashion-MNIST (Debian's IDX files, read by the real
+//! `prepare`).
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Cursor, Read};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 
-use arrow::array::{
-    Array, ArrayRef, FixedSizeListArray, Float32Array, Int32Array, Int64Array, RecordBatch,
-    StringArray, UInt64Array,
-};
+use arrow::array::{Array, FixedSizeListArray, Float32Array, Int64Array, StringArray, UInt64Array};
 use fewlabels::manifest::Manifest;
-use fewlabels::shard::{image_bytes, image_column, schema, TableReader, TableWriter};
-use fewlabels::stage;
+use fewlabels::shard::{image_bytes, TableReader};
+use fewlabels::stage::StageName;
 
-const FASHION_CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-/// Decompresses an IDX file and returns (dimensions, payload).
-fn read_idx_gz(path: &Path) -> (Vec<usize>, Vec<u8>) {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut bytes = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut bytes)
-        .unwrap();
-    assert_eq!(&bytes[..2], &[0, 0], "IDX magic");
-    let ndim = bytes[3] as usize;
-    let dims: Vec<usize> = (0..ndim)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
-    (dims, bytes[4 + 4 * ndim..].to_vec())
+/// The first `limit` Fashion-MNIST training images at 28x28, through the
+/// real `prepare` (once per test binary); `drop_class` leaves one class out.
+fn fashion_images(limit: usize, drop_class: Option<u8>) -> PathBuf {
+    common::prepared_fashion(limit, 28, drop_class)
 }
 
-/// The first `limit` Fashion-MNIST training images (28x28 grey) and labels.
+/// All 60,000 training images.
+fn full_fashion() -> PathBuf {
+    fashion_images(60_000, None)
+}
+
 fn fashion_raw(limit: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
-    let dir = common::fashion_mnist();
-    let (dims, px) = read_idx_gz(&dir.join("train-images-idx3-ubyte.gz"));
-    let (_, labels) = read_idx_gz(&dir.join("train-labels-idx1-ubyte.gz"));
-    assert_eq!(dims, vec![60_000, 28, 28]);
-    let n = limit.min(dims[0]);
-    let images = (0..n)
-        .map(|i| px[i * 784..(i + 1) * 784].to_vec())
-        .collect();
-    (images, labels[..n].to_vec())
-}
-
-/// Writes an `images/` stage folder of the first `limit` Fashion-MNIST
-/// training images; `drop_class` leaves one class out (its name stays).
-fn write_fashion_images(dir: &Path, limit: usize, drop_class: Option<u8>) -> Manifest {
-    let (images, labels) = fashion_raw(limit);
-    let names: Vec<String> = FASHION_CLASSES.iter().map(|s| s.to_string()).collect();
-    let params =
-        serde_json::json!({"test-helper": "fashion-mnist", "limit": limit, "drop": drop_class});
-    let (m, _) = stage::run_stage("prepare", dir, &params, &[], |run| {
-        let sch = schema::images(&names);
-        let mut w = TableWriter::new(&run.dir, "images", sch.clone(), 25_000);
-        let keep: Vec<usize> = (0..images.len())
-            .filter(|&i| Some(labels[i]) != drop_class)
-            .collect();
-        for chunk in keep.chunks(2000) {
-            let pngs: Vec<Vec<u8>> = chunk
-                .iter()
-                .map(|&i| {
-                    let img = image::GrayImage::from_raw(28, 28, images[i].clone()).unwrap();
-                    let mut out = Cursor::new(Vec::new());
-                    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
-                    out.into_inner()
-                })
-                .collect();
-            let paths: Vec<String> = chunk.iter().map(|i| format!("train/{i:05}.png")).collect();
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from_iter_values(
-                    chunk.iter().map(|&i| i as u64),
-                )),
-                Arc::new(StringArray::from(paths.clone())),
-                Arc::new(Int64Array::from_iter_values(
-                    chunk.iter().map(|&i| labels[i] as i64),
-                )),
-                Arc::new(Int32Array::from(vec![28; chunk.len()])),
-                Arc::new(Int32Array::from(vec![28; chunk.len()])),
-                image_column(
-                    pngs.iter()
-                        .zip(&paths)
-                        .map(|(b, p)| (b.as_slice(), Some(p.as_str()))),
-                ),
-            ];
-            w.write(&RecordBatch::try_new(sch.clone(), cols).unwrap())?;
-        }
-        for (f, rows) in w.finish()? {
-            run.add_output(f, Some(rows))?;
-        }
-        run.count("images", keep.len() as u64);
-        Ok(())
-    })
-    .unwrap();
-    m
-}
-
-/// All 60,000 training images, written once for the whole test binary.
-fn full_fashion() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap().keep().join("images");
-        write_fashion_images(&dir, 60_000, None);
-        dir
-    })
+    common::fashion_raw("train", limit)
 }
 
 fn ok(args: &[&str]) -> serde_json::Value {
@@ -134,8 +39,17 @@ fn ok(args: &[&str]) -> serde_json::Value {
 }
 
 fn fails(args: &[&str], needle: &str) {
+    fails_with(1, args, needle)
+}
+
+/// A parameter out of range: exit 2, one line.
+fn refused(args: &[&str], needle: &str) {
+    fails_with(2, args, needle)
+}
+
+fn fails_with(code: i32, args: &[&str], needle: &str) {
     let o = common::run(args);
-    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert_eq!(o.status.code(), Some(code), "{}", common::text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains(needle), "`{needle}` not in: {err}");
@@ -147,7 +61,7 @@ fn s(p: &Path) -> &str {
 
 /// (id, label, split) rows of a `labels/` folder.
 fn read_labels(dir: &Path) -> Vec<(u64, i64, String)> {
-    let m = Manifest::read_complete(dir, "sample-labels").unwrap();
+    let m = Manifest::read_complete(dir, StageName::SampleLabels).unwrap();
     let mut out = Vec::new();
     for b in TableReader::from_manifest(dir, &m, "labels", None) {
         let b = b.unwrap();
@@ -174,7 +88,7 @@ fn table_bytes(dir: &Path, prefix: &str) -> Vec<Vec<u8>> {
 
 #[test]
 fn sample_labels_keeps_exactly_600_per_class_of_fashion_mnist() {
-    let images = full_fashion();
+    let images = &full_fashion();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("labels");
     let j = ok(&[
@@ -296,13 +210,12 @@ fn sample_labels_keeps_exactly_600_per_class_of_fashion_mnist() {
 #[test]
 fn sample_labels_from_a_list_and_bad_input() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_fashion_images(&images, 300, None);
+    let images = fashion_images(300, None);
     let (_, truth) = fashion_raw(300);
     let list = tmp.path().join("mine.csv");
     std::fs::write(
         &list,
-        "path,label\ntrain/00000.png,Ankle boot\ntrain/00001.png,T-shirt/top\ntrain/00007.png,Shirt\n",
+        "path,label\ntrain-images-idx3-ubyte.gz#00000,Ankle boot\ntrain-images-idx3-ubyte.gz#00001,T-shirt/top\ntrain-images-idx3-ubyte.gz#00007,Shirt\n",
     )
     .unwrap();
     let out = tmp.path().join("labels");
@@ -356,7 +269,7 @@ fn sample_labels_from_a_list_and_bad_input() {
         "not a class name",
     );
     for f in ["0", "1.5"] {
-        fails(
+        refused(
             &[
                 "sample-labels",
                 "--images",
@@ -370,8 +283,7 @@ fn sample_labels_from_a_list_and_bad_input() {
         );
     }
     // A class with no images at all.
-    let holes = tmp.path().join("holes");
-    write_fashion_images(&holes, 300, Some(3));
+    let holes = fashion_images(300, Some(3));
     fails(
         &[
             "sample-labels",
@@ -401,7 +313,7 @@ fn sample_labels_from_a_list_and_bad_input() {
 
 /// (id, label, source, confidence) of a `pseudo_labels/` folder.
 fn read_pseudo(dir: &Path) -> Vec<(u64, i64, String, f32)> {
-    let m = Manifest::read_complete(dir, "pseudo-label").unwrap();
+    let m = Manifest::read_complete(dir, StageName::PseudoLabel).unwrap();
     let mut out = Vec::new();
     for b in TableReader::from_manifest(dir, &m, "pseudo_labels", None) {
         let b = b.unwrap();
@@ -423,7 +335,7 @@ fn read_pseudo(dir: &Path) -> Vec<(u64, i64, String, f32)> {
 
 #[test]
 fn pixels_kmeans_reproduces_the_fashion_mnist_baseline() {
-    let images = full_fashion();
+    let images = &full_fashion();
     let tmp = tempfile::tempdir().unwrap();
     let feats = tmp.path().join("features");
     let j = ok(&[
@@ -444,7 +356,7 @@ fn pixels_kmeans_reproduces_the_fashion_mnist_baseline() {
     assert_eq!(j["counts"]["dim"], 784);
     // The features are the raw pixels / 255, in image order.
     let (raw, truth) = fashion_raw(3);
-    let m = Manifest::read_complete(&feats, "embed").unwrap();
+    let m = Manifest::read_complete(&feats, StageName::Embed).unwrap();
     let first = TableReader::from_manifest(&feats, &m, "features", None)
         .next()
         .unwrap()
@@ -539,8 +451,7 @@ fn pixels_kmeans_reproduces_the_fashion_mnist_baseline() {
 #[test]
 fn shard_joins_shuffles_and_loads_in_datasets() {
     let tmp = tempfile::tempdir().unwrap();
-    let images = tmp.path().join("images");
-    write_fashion_images(&images, 1000, None);
+    let images = fashion_images(1000, None);
     let (_, truth) = fashion_raw(1000);
     let feats = tmp.path().join("features");
     ok(&[
@@ -587,7 +498,7 @@ fn shard_joins_shuffles_and_loads_in_datasets() {
     assert_eq!(j["counts"]["shards"], 4);
     assert_eq!(j["counts"]["source_cluster"], 1000);
     let read = |dir: &Path| -> Vec<(u64, Option<i64>, String, Vec<u8>)> {
-        let m = Manifest::read_complete(dir, "shard").unwrap();
+        let m = Manifest::read_complete(dir, StageName::Shard).unwrap();
         let mut out = Vec::new();
         for b in TableReader::from_manifest(dir, &m, "train", None) {
             let b = b.unwrap();
@@ -712,8 +623,7 @@ print("ok", len(ds), sum(l is None for l in labels), ds[0]["image"].size, ds[0][
     );
 
     // Labels naming images that are not in the table: a clear error.
-    let other = tmp.path().join("other-images");
-    write_fashion_images(&other, 500, None);
+    let other = fashion_images(500, None);
     let o = tmp.path().join("o");
     fails(
         &[

@@ -8,18 +8,12 @@
 //! are small; `benches/evaluate/` holds the 1,000-image comparison.
 mod common;
 
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
-use fewlabels::progress::set_output_mode;
-use fewlabels::shard::{image_column, schema, TableWriter};
-use fewlabels::stage::run_stage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 /// Images per set in the peer comparison (ours + the peer's: 4 x this many Inception passes).
 const PEER_IMAGES: usize = 100;
@@ -50,43 +44,23 @@ fn png(grey: &[u8]) -> Vec<u8> {
     out.into_inner()
 }
 
-/// Writes `images` as an images table in a finished `prepare`-like stage
-/// folder `dir`, and as PNG files in `dir.png/` for the Python peer.
+/// Writes `images` as PNG files in `dir.png/` (what the Python peer reads)
+/// and prepares that folder with the real `prepare` into `dir` at 28x28.
 fn write_table(dir: &Path, images: &[Vec<u8>]) -> PathBuf {
-    set_output_mode(true, false);
-    let pngs: Vec<Vec<u8>> = images.iter().map(|g| png(g)).collect();
     let folder = dir.with_extension("png");
     fs::create_dir_all(&folder).unwrap();
-    for (i, p) in pngs.iter().enumerate() {
-        fs::write(folder.join(format!("{i:05}.png")), p).unwrap();
+    for (i, g) in images.iter().enumerate() {
+        fs::write(folder.join(format!("{i:05}.png")), png(g)).unwrap();
     }
-    let schema = schema::images(&[]);
-    run_stage(
+    common::ok_json(&[
         "prepare",
-        dir,
-        &serde_json::json!({"test": dir.display().to_string()}),
-        &[],
-        |run| {
-            let n = pngs.len();
-            let paths: Vec<String> = (0..n).map(|i| format!("{i:05}.png")).collect();
-            let columns: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from_iter_values(0..n as u64)),
-                Arc::new(StringArray::from_iter_values(paths.iter())),
-                Arc::new(Int64Array::from(vec![None::<i64>; n])),
-                Arc::new(Int32Array::from(vec![28; n])),
-                Arc::new(Int32Array::from(vec![28; n])),
-                image_column(pngs.iter().map(|p| (p.as_slice(), None))),
-            ];
-            let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
-            let mut w = TableWriter::new(&run.dir, "images", schema.clone(), 50);
-            w.write(&batch)?;
-            for (file, rows) in w.finish()? {
-                run.add_output(file, Some(rows))?;
-            }
-            Ok(())
-        },
-    )
-    .expect("write table");
+        "--input",
+        s(&folder),
+        "--size",
+        "28",
+        "--output",
+        s(dir),
+    ]);
     folder
 }
 
@@ -377,56 +351,6 @@ fn fid_kid_and_is_match_numpy_on_the_same_features() {
     assert!(ours[2] > 1.0 && ours[2] <= 10.0, "IS within [1, classes]");
 }
 
-/// A finished `shard` folder of the first `n` training images (grey,
-/// padded to 32x32 RGB PNG); rows with `i % keep_every != 0` lose their label.
-fn write_train_shards(dir: &Path, n: usize, keep_every: usize) {
-    set_output_mode(true, false);
-    let raw = fashion_mnist("train-images-idx3-ubyte.gz", n);
-    let pngs: Vec<Vec<u8>> = raw
-        .iter()
-        .map(|g| {
-            // Padded 28 -> 32: the GAN's smallest resolution.
-            let mut rgb = image::RgbImage::new(32, 32);
-            for (i, &v) in g.iter().enumerate() {
-                rgb.put_pixel(
-                    (i % 28) as u32 + 2,
-                    (i / 28) as u32 + 2,
-                    image::Rgb([v, v, v]),
-                );
-            }
-            let mut out = std::io::Cursor::new(Vec::new());
-            rgb.write_to(&mut out, image::ImageFormat::Png)
-                .expect("png");
-            out.into_inner()
-        })
-        .collect();
-    let names: Vec<String> = (0..10).map(|c| format!("class{c}")).collect();
-    let schema = schema::train(&names);
-    run_stage("shard", dir, &serde_json::json!({"test": n}), &[], |run| {
-        let labels: Vec<Option<i64>> = (0..n)
-            .map(|i| (i % keep_every == 0).then_some((i % 10) as i64))
-            .collect();
-        let sources: Vec<&str> = labels
-            .iter()
-            .map(|l| if l.is_some() { "true" } else { "none" })
-            .collect();
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(UInt64Array::from_iter_values(0..n as u64)),
-            image_column(pngs.iter().map(|p| (p.as_slice(), None))),
-            Arc::new(Int64Array::from(labels)),
-            Arc::new(StringArray::from(sources)),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), cols).unwrap();
-        let mut w = TableWriter::new(&run.dir, "train", schema.clone(), 64);
-        w.write(&batch)?;
-        for (file, rows) in w.finish()? {
-            run.add_output(file, Some(rows))?;
-        }
-        Ok(())
-    })
-    .expect("write train shards");
-}
-
 #[test]
 fn two_gan_runs_make_one_label_efficiency_table() {
     let tmp = tempfile::tempdir().unwrap();
@@ -434,9 +358,9 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     python(TINY_NETS, &[s(&feat), s(&cls)]);
     let reference = tmp.path().join("ref");
     write_table(&reference, &fashion_mnist("t10k-images-idx3-ubyte.gz", 40));
-    let (all, half) = (tmp.path().join("all"), tmp.path().join("half"));
-    write_train_shards(&all, 16, 1);
-    write_train_shards(&half, 16, 2);
+    let (all, _) = common::train_shards(tmp.path(), "all", 40, 32, None);
+    let (half, labelled) = common::train_shards(tmp.path(), "half", 40, 32, Some("0.5"));
+    let half_fraction = labelled as f64 / 40.0;
     let mut gans = Vec::new();
     for (data, mode) in [(&all, "biggan"), (&half, "s3gan")] {
         let out = tmp.path().join(format!("gan-{mode}"));
@@ -502,7 +426,10 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     ]);
     let sources = scores["sources"].as_array().expect("sources");
     assert_eq!(sources.len(), 2);
-    for (src, (mode, fraction)) in sources.iter().zip([("biggan", 1.0), ("s3gan", 0.5)]) {
+    for (src, (mode, fraction)) in sources
+        .iter()
+        .zip([("biggan", 1.0), ("s3gan", half_fraction)])
+    {
         assert_eq!(src["mode"], mode, "{src}");
         assert_eq!(src["steps"], 2, "{src}");
         assert_eq!(src["label_fraction"].as_f64(), Some(fraction), "{src}");
@@ -520,7 +447,10 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     assert_eq!(csv.lines().count(), 3, "{csv}");
     assert!(csv.contains(",biggan,1.0000,2,2,20,"), "{csv}");
     let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
-    assert!(md.contains("| s3gan | 50.0% |"), "{md}");
+    assert!(
+        md.contains(&format!("| s3gan | {:.1}% |", 100.0 * half_fraction)),
+        "{md}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn unknown_key_names_key_file_and_line() {
         "[pipeline]\nname = \"x\"\n\n[prepare]\ninput = \"/tmp\"\nsizee = 32\n",
     );
     let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
-    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
     assert!(
@@ -46,7 +46,7 @@ fn wrong_type_and_unknown_table_name_the_line() {
     let o = common::run(&["run", p.to_str().unwrap(), "--plan"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("u.toml:3:") && err.contains("unknown field `prepair`"),
+        err.contains("u.toml:3:") && err.contains("unknown table [prepair]"),
         "{err}"
     );
 }
@@ -64,7 +64,7 @@ fn missing_input_and_missing_upstream_stage_are_clear() {
     let o = common::run(&["run", p.to_str().unwrap(), "--run-dir", r.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("m.toml:1:")
+        err.contains("m.toml:2:")
             && err.contains("/no/such/folder")
             && err.contains("does not exist"),
         "{err}"
@@ -84,6 +84,26 @@ fn missing_input_and_missing_upstream_stage_are_clear() {
         err.contains("n.toml:4:") && err.contains("[sample-labels] needs the output of [prepare]"),
         "{err}"
     );
+    // The user's labelled list, likewise: file, line of the key, path and fix.
+    let input = common::fashion_mnist().join("t10k-images-idx3-ubyte.gz");
+    let p = write(
+        tmp.path(),
+        "f.toml",
+        &format!(
+            "[pipeline]\nrun-dir = {:?}\n\n[prepare]\ninput = {:?}\n\n[sample-labels]\nseed = 1\nfrom = \"/no/such/list.csv\"\n",
+            run_dir.to_str().unwrap(),
+            input.to_str().unwrap()
+        ),
+    );
+    let o = common::run(&["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("f.toml:9: [sample-labels] from `/no/such/list.csv` does not exist")
+            && err.contains("CSV or Parquet list"),
+        "{err}"
+    );
+    assert!(!run_dir.exists(), "nothing ran");
 }
 
 #[test]

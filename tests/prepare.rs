@@ -14,6 +14,7 @@ use arrow::array::{Array, Int32Array, Int64Array, StringArray, UInt64Array};
 use fewlabels::fsutil::checksum_file;
 use fewlabels::manifest::Manifest;
 use fewlabels::shard::{image_bytes, schema, shard_schema, TableReader};
+use fewlabels::stage::StageName;
 
 /// One row of `images/`.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,7 +28,7 @@ struct Row {
 }
 
 fn images(dir: &Path) -> Vec<Row> {
-    let m = Manifest::read_complete(dir, "prepare").unwrap();
+    let m = Manifest::read_complete(dir, StageName::Prepare).unwrap();
     let mut rows = Vec::new();
     for b in TableReader::from_manifest(dir, &m, "images", None) {
         let b = b.unwrap();
@@ -58,7 +59,7 @@ fn images(dir: &Path) -> Vec<Row> {
 }
 
 fn rejects(dir: &Path) -> Vec<(String, String)> {
-    let m = Manifest::read_complete(dir, "prepare").unwrap();
+    let m = Manifest::read_complete(dir, StageName::Prepare).unwrap();
     let mut out = Vec::new();
     for b in TableReader::from_manifest(dir, &m, "rejects", None) {
         let b = b.unwrap();
@@ -347,7 +348,7 @@ fn every_bad_input_lands_in_images_or_rejects_and_the_counts_add_up() {
     assert_eq!(seen, expect.len() as u64, "{summary}");
     assert_eq!(seen, written + rejected);
     assert_eq!(c["empty_classes"], "c_empty");
-    let m = Manifest::read_complete(&out, "prepare").unwrap();
+    let m = Manifest::read_complete(&out, StageName::Prepare).unwrap();
     assert_eq!(m.count("seen"), seen);
     assert_eq!(m.count("written") + m.count("rejected"), m.count("seen"));
 
@@ -504,8 +505,12 @@ fn bad_usage_and_bad_input_paths_are_one_line_errors() {
         "--num-shards",
         "2",
     ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--shard-index"));
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a parameter out of range is bad usage"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--shard-index 3: must be below"));
 }
 
 /// `n` JPEG inputs in two class folders (copies of the 20 photos) plus one bad file.
@@ -621,8 +626,8 @@ fn kill_9_then_the_same_command_equals_an_uninterrupted_run() {
     for (name, sum) in &partial {
         assert_eq!(checksums(&out)[name], *sum);
     }
-    let a = Manifest::read_complete(&out, "prepare").unwrap();
-    let b = Manifest::read_complete(&whole, "prepare").unwrap();
+    let a = Manifest::read_complete(&out, StageName::Prepare).unwrap();
+    let b = Manifest::read_complete(&whole, StageName::Prepare).unwrap();
     assert_eq!(a.outputs, b.outputs);
     assert_eq!(a.counts, b.counts);
 }
@@ -671,8 +676,8 @@ fn slices_together_equal_the_single_run_and_merge_into_it() {
         a.extend(["--merge", s(d)]);
     }
     ok(&prepare(&a));
-    let m = Manifest::read_complete(&merged, "prepare").unwrap();
-    let one = Manifest::read_complete(&single, "prepare").unwrap();
+    let m = Manifest::read_complete(&merged, StageName::Prepare).unwrap();
+    let one = Manifest::read_complete(&single, StageName::Prepare).unwrap();
     assert_eq!(m.outputs, one.outputs);
     assert_eq!(m.params, one.params);
     assert_eq!(m.output_fingerprint(), one.output_fingerprint());

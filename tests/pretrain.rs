@@ -3,17 +3,28 @@
 //! slice, 16x16, the tiny ResNet, CPU), including kill -9 and resume.
 mod common;
 
-#[allow(dead_code)]
-#[path = "../examples/fmnist_stages.rs"]
-mod fmnist;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// `images/` (the first `n` Fashion-MNIST training images at 16x16) and
+/// `labels/` (20% of each class: 18% to train on, 2% held out), by the real stages.
 fn stages(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
-    fmnist::write_stages(&common::fashion_mnist(), dir, n, 16, 0.2).expect("write fixture stages")
+    let images = common::prepared_fashion(n, 16, None);
+    let labels = dir.join("labels");
+    common::ok_json(&[
+        "sample-labels",
+        "--images",
+        images.to_str().unwrap(),
+        "--fraction",
+        "0.18",
+        "--holdout",
+        "0.02",
+        "--output",
+        labels.to_str().unwrap(),
+    ]);
+    (images, labels)
 }
 
 fn manifest(dir: &Path) -> Value {
@@ -195,7 +206,10 @@ fn s2l_pretrain_then_embed_then_classifier_pseudo_labels() {
     assert!((0.0..=1.0).contains(&nmi), "k-means NMI {nmi}");
     assert!(pl.join("kmeans_confusion.png").exists());
     assert!(pl.join("kmeans_quality.json").exists());
-    let labelled = manifest(&labels)["counts"]["labelled"].as_u64().unwrap();
+    // Both splits of the labels are given labels (the holdout only measures the head).
+    let lm = manifest(&labels);
+    let labelled =
+        lm["counts"]["labelled"].as_u64().unwrap() + lm["counts"]["holdout"].as_u64().unwrap();
     assert_eq!(pm["counts"]["given"].as_u64().unwrap(), labelled);
     assert_eq!(pm["counts"]["predicted"].as_u64().unwrap(), 800 - labelled);
     let q: Value =
@@ -324,14 +338,15 @@ fn supervised_baseline_and_bad_usage() {
     assert!(m["counts"]["rotation_accuracy"].is_null());
     assert!(m["counts"]["class_train_accuracy"].as_f64().unwrap() > 0.0);
 
-    // supervised without labels: one line, exit 1.
+    // supervised without labels: a usage error, one line, before anything runs.
     let r = common::run(&pretrain_args(
         i,
         None,
         tmp.path().join("x").to_str().unwrap(),
         &["--objective", "supervised"],
     ));
-    assert_eq!(r.status.code(), Some(1), "{}", common::text(&r));
+    assert_eq!(r.status.code(), Some(2), "{}", common::text(&r));
+    assert!(!tmp.path().join("x").exists());
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
         err.contains("--labels") && err.lines().count() == 1,
@@ -355,14 +370,7 @@ fn supervised_baseline_and_bad_usage() {
     ));
     assert_eq!(r.status.code(), Some(2));
     // embed with a model trained on another image size.
-    let (img32, _) = fmnist::write_stages(
-        &common::fashion_mnist(),
-        &tmp.path().join("s32"),
-        50,
-        32,
-        0.2,
-    )
-    .unwrap();
+    let img32 = common::prepared_fashion(50, 32, None);
     let r = common::run(&[
         "--quiet",
         "embed",

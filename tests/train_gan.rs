@@ -6,91 +6,22 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, UInt64Array};
-use fewlabels::shard::{image_column, schema, TableWriter};
+use clap::ValueEnum;
+use fewlabels::gan::modes::GanMode;
 use tch::Tensor;
 
-const CLASSES: [&str; 10] = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-];
-
-/// The first `n` Fashion-MNIST training images, padded 28 -> 32, as RGB PNG, with labels.
-fn fashion(n: usize) -> Vec<(Vec<u8>, i64)> {
-    let dir = common::fashion_mnist();
-    let read = |name: &str| {
-        let f = std::fs::File::open(dir.join(name)).expect("Fashion-MNIST file");
-        let mut v = Vec::new();
-        flate2::read::GzDecoder::new(f)
-            .read_to_end(&mut v)
-            .expect("gunzip");
-        v
-    };
-    let images = read("train-images-idx3-ubyte.gz");
-    let labels = read("train-labels-idx1-ubyte.gz");
-    (0..n)
-        .map(|i| {
-            let px = &images[16 + i * 784..16 + (i + 1) * 784];
-            let mut img = image::RgbImage::new(32, 32);
-            for y in 0..28 {
-                for x in 0..28 {
-                    let v = px[y * 28 + x];
-                    img.put_pixel(x as u32 + 2, y as u32 + 2, image::Rgb([v, v, v]));
-                }
-            }
-            let mut png = Vec::new();
-            image::DynamicImage::ImageRgb8(img)
-                .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-                .expect("png");
-            (png, labels[8 + i] as i64)
-        })
-        .collect()
-}
-
-/// A finished `shard` folder of `n` images; `keep(i)` says which rows keep their label.
-fn write_train(dir: &Path, n: usize, keep: impl Fn(usize) -> bool) {
-    let rows = fashion(n);
-    let names: Vec<String> = CLASSES.iter().map(|s| s.to_string()).collect();
-    let schema = schema::train(&names);
-    fewlabels::stage::run_stage("shard", dir, &serde_json::json!({"test": n}), &[], |run| {
-        let mut w = TableWriter::new(&run.dir, "train", schema.clone(), 64);
-        let ids: Vec<u64> = (0..n as u64).collect();
-        let labels: Vec<Option<i64>> = rows
-            .iter()
-            .enumerate()
-            .map(|(i, r)| keep(i).then_some(r.1))
-            .collect();
-        let sources: Vec<&str> = labels
-            .iter()
-            .map(|l| if l.is_some() { "true" } else { "none" })
-            .collect();
-        let cols: Vec<ArrayRef> = vec![
-            std::sync::Arc::new(UInt64Array::from(ids)),
-            image_column(rows.iter().map(|r| (r.0.as_slice(), None))),
-            std::sync::Arc::new(Int64Array::from(labels)),
-            std::sync::Arc::new(StringArray::from(sources)),
-        ];
-        let batch = RecordBatch::try_new(schema.clone(), cols).expect("batch");
-        w.write(&batch)?;
-        for (file, rows) in w.finish()? {
-            run.add_output(file, Some(rows))?;
-        }
-        Ok(())
-    })
-    .expect("write train shards");
+/// Real training shards of the first `n` images at 32x32: every true
+/// label, or (`subset`) the 10% `sample-labels` keeps.
+fn shards(dir: &Path, n: usize, subset: bool) -> (PathBuf, u64) {
+    if subset {
+        common::train_shards(dir, "subset", n, 32, Some("0.1"))
+    } else {
+        common::train_shards(dir, "all", n, 32, None)
+    }
 }
 
 const TINY: &[&str] = &[
@@ -154,31 +85,23 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
 #[test]
 fn every_mode_trains_a_few_steps_and_checks_its_shards() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let all = tmp.path().join("all");
-    let subset = tmp.path().join("subset");
-    write_train(&all, 48, |_| true);
-    write_train(&subset, 48, |i| i % 10 == 0);
-    let modes: [(&str, &Path, &[&str]); 10] = [
-        ("biggan", &all, &[]),
-        ("s2gan", &all, &[]),
-        ("clustering", &all, &[]),
-        ("s2gan-co", &subset, &["d/class_loss", "d/class_accuracy"]),
-        (
-            "s3gan",
-            &subset,
-            &["d/class_loss", "d/rotation_loss", "g/rotation_loss"],
-        ),
-        (
-            "clustering-ss",
-            &all,
-            &["d/rotation_loss", "g/rotation_accuracy"],
-        ),
-        ("ssgan", &subset, &["d/rotation_loss"]),
-        ("unconditional", &subset, &[]),
-        ("single-label", &subset, &[]),
-        ("random-label", &subset, &[]),
-    ];
-    for (mode, data, extra) in modes {
+    let (all, _) = shards(tmp.path(), 48, false);
+    let (subset, labelled) = shards(tmp.path(), 48, true);
+    assert!(labelled >= 10 && labelled < 48, "{labelled}");
+    for mode in GanMode::value_variants() {
+        // The shards each mode trains on, and the metrics only it logs.
+        let (data, extra): (&Path, &[&str]) = match mode {
+            GanMode::Biggan | GanMode::S2gan | GanMode::Clustering => (&all, &[]),
+            GanMode::S2ganCo => (&subset, &["d/class_loss", "d/class_accuracy"]),
+            GanMode::S3gan => (
+                &subset,
+                &["d/class_loss", "d/rotation_loss", "g/rotation_loss"],
+            ),
+            GanMode::ClusteringSs => (&all, &["d/rotation_loss", "g/rotation_accuracy"]),
+            GanMode::Ssgan => (&subset, &["d/rotation_loss"]),
+            GanMode::Unconditional | GanMode::SingleLabel | GanMode::RandomLabel => (&subset, &[]),
+        };
+        let mode = mode.name();
         let out = tmp.path().join(format!("gan-{mode}"));
         let o = common::run(&train_args(s(data), s(&out), mode, "2"));
         assert!(o.status.success(), "{mode}: {}", common::text(&o));
@@ -195,7 +118,7 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
             serde_json::from_str(&std::fs::read_to_string(out.join("_stage.json")).unwrap())
                 .unwrap();
         let want = match mode {
-            "s2gan-co" | "s3gan" => 5.0 / 48.0,
+            "s2gan-co" | "s3gan" => labelled as f64 / 48.0,
             "biggan" | "s2gan" | "clustering" | "clustering-ss" => 1.0,
             _ => 0.0,
         };
@@ -245,7 +168,10 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
     assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("43 of 48 training rows have no label"),
+        err.contains(&format!(
+            "{} of 48 training rows have no label",
+            48 - labelled
+        )),
         "{err}"
     );
 }
@@ -283,8 +209,7 @@ fn assert_same(a: &Path, b: &Path) {
 #[test]
 fn killed_run_resumes_to_the_uninterrupted_weights() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("train");
-    write_train(&data, 40, |i| i % 10 == 0);
+    let (data, _) = shards(tmp.path(), 40, true);
     let straight = tmp.path().join("straight");
     let o = common::run(&train_args(s(&data), s(&straight), "s3gan", "6"));
     assert!(o.status.success(), "{}", common::text(&o));
@@ -344,8 +269,7 @@ fn killed_run_resumes_to_the_uninterrupted_weights() {
 #[test]
 fn events_open_in_tensorboard_and_generate_writes_the_asked_class() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("train");
-    write_train(&data, 40, |_| true);
+    let (data, _) = shards(tmp.path(), 40, false);
     let gan = tmp.path().join("gan");
     let o = common::run(&train_args(s(&data), s(&gan), "biggan", "2"));
     assert!(o.status.success(), "{}", common::text(&o));
@@ -425,8 +349,7 @@ print("ok", len(tags["scalars"]), img[0].width, img[0].height)
 #[test]
 fn a_diverging_run_names_the_step_and_the_term() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let data = tmp.path().join("train");
-    write_train(&data, 16, |_| true);
+    let (data, _) = shards(tmp.path(), 16, false);
     let out = tmp.path().join("gan");
     let mut args = train_args(s(&data), s(&out), "biggan", "4");
     args.extend_from_slice(&["--lr-d", "1e38", "--lr-g", "1e38"]);

@@ -78,6 +78,9 @@ impl Config {
             ..Self::biggan_128()
         }
     }
+    /// The resolutions with a preset.
+    pub const RESOLUTIONS: [i64; 3] = [32, 64, 128];
+
     pub fn preset(resolution: i64, ch: i64) -> Result<Self> {
         match resolution {
             32 => Ok(Self::biggan_32(ch)),
@@ -87,7 +90,7 @@ impl Config {
                 ..Self::biggan_128()
             }),
             r => Err(Error::invalid(format!(
-                "--resolution {r}: BigGAN presets exist for 32, 64 and 128"
+                "resolution {r}: BigGAN presets exist for 32, 64 and 128"
             ))),
         }
     }

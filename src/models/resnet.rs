@@ -59,7 +59,7 @@ pub struct Config {
 }
 
 /// Named configurations for the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Arch {
     /// ResNet-50, ImageNet stem: the paper's extractor at 128x128.

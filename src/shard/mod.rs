@@ -168,6 +168,55 @@ pub fn open_shard(
     })
 }
 
+/// The rows of an Arrow IPC file, from its footer and the record batches'
+/// headers: no column data is read (verification counts the rows of every
+/// shard it checks).
+pub fn count_rows(path: &Path) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |what: &str| {
+        Error::file(
+            path,
+            format!("not a complete Arrow IPC file ({what}); re-run the stage that wrote it"),
+        )
+    };
+    let mut f = File::open(path).at(path)?;
+    let len = f.metadata().at(path)?.len();
+    if len < 18 {
+        return Err(bad("too short"));
+    }
+    let mut tail = [0u8; 10];
+    f.seek(SeekFrom::End(-10)).at(path)?;
+    f.read_exact(&mut tail).at(path)?;
+    let footer_len = arrow::ipc::reader::read_footer_length(tail).map_err(|_| bad("no footer"))?;
+    if footer_len as u64 + 10 > len {
+        return Err(bad("footer longer than the file"));
+    }
+    let mut footer = vec![0u8; footer_len];
+    f.seek(SeekFrom::End(-10 - footer_len as i64)).at(path)?;
+    f.read_exact(&mut footer).at(path)?;
+    let footer = arrow::ipc::root_as_footer(&footer).map_err(|_| bad("unreadable footer"))?;
+    let mut rows = 0u64;
+    for block in footer.recordBatches().into_iter().flatten() {
+        let meta_len = usize::try_from(block.metaDataLength()).map_err(|_| bad("bad block"))?;
+        let offset = u64::try_from(block.offset()).map_err(|_| bad("bad block"))?;
+        if meta_len < 8 || offset + meta_len as u64 > len {
+            return Err(bad("record batch outside the file"));
+        }
+        let mut meta = vec![0u8; meta_len];
+        f.seek(SeekFrom::Start(offset)).at(path)?;
+        f.read_exact(&mut meta).at(path)?;
+        // An encapsulated message: [continuation marker] length, then the flatbuffer.
+        let start = if meta[..4] == [0xff; 4] { 8 } else { 4 };
+        let message = arrow::ipc::root_as_message(&meta[start..])
+            .map_err(|_| bad("unreadable batch header"))?;
+        let batch = message
+            .header_as_record_batch()
+            .ok_or_else(|| bad("a block that is not a record batch"))?;
+        rows += u64::try_from(batch.length()).map_err(|_| bad("negative row count"))?;
+    }
+    Ok(rows)
+}
+
 /// The schema of an Arrow IPC file.
 pub fn shard_schema(path: &Path) -> Result<SchemaRef> {
     Ok(open_shard(path, None)?.schema())

@@ -4,7 +4,7 @@
 //! flattened, scaled to [0, 1]: the baseline every learned feature is
 //! compared with, and what lets k-means run before any network is trained.
 //! `--model DIR` runs a `pretrain` extractor (see `embed_pretrained`).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array};
@@ -18,14 +18,11 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::models::resnet::SavedModel;
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{image_bytes, schema, table_files, TableReader, TableWriter};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::tables;
-use crate::stages::Exec;
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::loader::{Loader, LoaderConfig};
-
-pub const NAME: &str = "embed";
 
 /// Rows per `features-*.arrow` file.
 const ROWS_PER_SHARD: usize = 50_000;
@@ -64,56 +61,53 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `images/` folder of `prepare`.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// `pixels` for raw downscaled pixels, or the `pretrain/` folder of an extractor.
-    #[arg(long, default_value = "pixels")]
-    pub model: String,
-    /// Where `features/` goes.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels embed`.
+pub struct Embed;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(images: &Path, model: Option<&Path>) -> Vec<Input> {
-    let mut v = vec![Input::stage(images, "prepare")];
-    if let Some(m) = model {
-        v.push(Input::stage(m, "pretrain"));
-    }
-    v
-}
+pub const MODEL: Slot = Slot {
+    none_word: Some("pixels"),
+    ..Slot::optional(
+        "model",
+        StageName::Pretrain,
+        "`pixels` for raw downscaled pixels, or the `pretrain/` folder of an extractor.",
+    )
+};
 
-/// Embeds every image of `images`; `model` None means raw pixels.
-pub fn run(
-    images: &Path,
-    model: Option<&Path>,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    if params.pixels_size == 0 || params.pixels_size > 1024 {
-        return Err(Error::invalid(format!(
-            "--pixels-size {}: must be between 1 and 1024",
-            params.pixels_size
-        )));
+impl Stage for Embed {
+    const NAME: StageName = StageName::Embed;
+    const ABOUT: &'static str =
+        "One feature vector per image (raw pixels or a pretrained extractor).";
+    const OUTPUT: &'static str = "Where `features/` goes.";
+    const SLOTS: &'static [Slot] = &[IMAGES, MODEL];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        if p.pixels_size == 0 || p.pixels_size > 1024 {
+            return Err(ParamError::new("pixels-size", "must be between 1 and 1024"));
+        }
+        Ok(())
     }
-    stage::run_stage(
-        NAME,
-        output,
-        params,
-        &inputs(images, model),
-        |run| match model {
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut v: Vec<Input> = dirs
+            .get(&IMAGES)
+            .map(|d| Input::stage(d, StageName::Prepare))
+            .into_iter()
+            .collect();
+        if let Some(m) = dirs.get(&MODEL) {
+            v.push(Input::stage(m, StageName::Pretrain));
+        }
+        v
+    }
+
+    /// Embeds every image; without a model, as raw pixels.
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        let images = dirs.need(&IMAGES)?;
+        match dirs.get(&MODEL) {
             None => embed_pixels(images, params, run),
             Some(dir) => embed_pretrained(images, dir, params, exec, run),
-        },
-    )
+        }
+    }
 }
 
 /// `embed --model DIR`: the extractor's pooled features (and class logits
@@ -129,7 +123,7 @@ fn embed_pretrained(
     let _ = params; // the pixels-only parameters do not apply to a model
     let device = exec.device.resolve()?;
     let (info, _vs, net) = SavedModel::load(model, device)?;
-    let images_m = Manifest::read_complete(images, "prepare")?;
+    let images_m = Manifest::read_complete(images, StageName::Prepare)?;
     let files = table_files(images, &images_m, "images");
     let loader = Loader::new(files, LoaderConfig::sequential(BATCH))?;
     if loader.image_size() != info.image_size {
@@ -148,7 +142,7 @@ fn embed_pretrained(
     let sch = schema::features(dim, logits_dim);
     let mut writer = TableWriter::new(&run.dir, "features", sch.clone(), ROWS_PER_SHARD);
     let pb = progress::bar(loader.rows() as u64, "images");
-    pb.set_prefix(NAME);
+    pb.set_prefix(StageName::Embed.as_str());
     let t0 = std::time::Instant::now();
     let mut rows = 0u64;
     for b in loader {
@@ -233,7 +227,7 @@ pub fn pixel_feature(
 }
 
 fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()> {
-    let m = Manifest::read_complete(images, "prepare")?;
+    let m = Manifest::read_complete(images, StageName::Prepare)?;
     let total: u64 = m
         .outputs
         .iter()
@@ -249,7 +243,7 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
     let schema = schema::features(dim, 0);
     let mut w = TableWriter::new(&run.dir, "features", schema.clone(), ROWS_PER_SHARD);
     let bar = progress::bar(total, "images");
-    bar.set_prefix(NAME);
+    bar.set_prefix(StageName::Embed.as_str());
     let t0 = std::time::Instant::now();
     let mut rows = 0u64;
     for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "image"])) {
@@ -296,27 +290,9 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
     Ok(())
 }
 
-pub fn main(cli: Cli) -> Result<()> {
-    crate::device::set_threads(cli.exec.threads);
-    let model = (cli.model != "pixels").then(|| PathBuf::from(&cli.model));
-    run(
-        &cli.images,
-        model.as_deref(),
-        &cli.output,
-        &cli.params,
-        &cli.exec,
-    )
-    .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
-    }
 
     #[test]
     fn pixel_feature_keeps_values_and_resizes() {

@@ -20,7 +20,6 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::device;
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{checksum_file, temp_path, write_atomic};
 use crate::manifest::Manifest;
@@ -29,12 +28,10 @@ use crate::metrics::fid::{
     Reservoir,
 };
 use crate::metrics::inception::{self, Inception};
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{image_bytes, table_files, TableReader};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::Exec;
-
-pub const NAME: &str = "evaluate";
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// Files this stage writes.
 pub const SCORES_FILE: &str = "scores.json";
@@ -110,27 +107,6 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// A train-gan folder to score; repeat the flag to compare runs in one table.
-    #[arg(long, value_name = "DIR", required_unless_present = "samples")]
-    pub gan: Vec<PathBuf>,
-    /// An images table to score instead of a GAN (a finished stage folder
-    /// holding images-*.arrow, e.g. `fewlabels prepare` on a folder of samples); repeatable.
-    #[arg(long, value_name = "DIR")]
-    pub samples: Vec<PathBuf>,
-    /// The real images: a finished `prepare` folder.
-    #[arg(long, value_name = "DIR")]
-    pub reference: PathBuf,
-    /// Where scores.json and the label-efficiency table go.
-    #[arg(long, value_name = "DIR")]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
-
 /// What is scored.
 #[derive(Debug, Clone)]
 pub enum Source {
@@ -148,97 +124,91 @@ impl Source {
     }
 }
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(gan: &Path, reference: &Path) -> Vec<Input> {
-    inputs_of(&[Source::Gan(gan.to_path_buf())], reference)
-}
+/// `fewlabels evaluate`.
+pub struct Evaluate;
 
-/// The inputs of an evaluation of several sources.
-pub fn inputs_of(sources: &[Source], reference: &Path) -> Vec<Input> {
-    let mut v: Vec<Input> = sources
-        .iter()
-        .map(|s| match s {
-            Source::Gan(d) => Input::stage(d, "train-gan"),
-            Source::Table(d) => Input::stage(d, "prepare"),
-        })
-        .collect();
-    v.push(Input::stage(reference, "prepare"));
-    v
-}
-
-/// Scores one GAN run (the pipeline's `evaluate` stage).
-pub fn run(
-    gan: &Path,
-    reference: &Path,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    run_sources(
-        &[Source::Gan(gan.to_path_buf())],
-        reference,
-        output,
-        params,
-        exec,
+pub const GAN: Slot = Slot {
+    multiple: true,
+    required_unless: Some("samples"),
+    ..Slot::required(
+        "gan",
+        StageName::TrainGan,
+        "A train-gan folder to score; repeat the flag to compare runs in one table.",
     )
-}
-
-pub fn main(cli: Cli) -> Result<()> {
-    device::set_threads(cli.exec.threads);
-    let mut sources: Vec<Source> = cli.gan.into_iter().map(Source::Gan).collect();
-    sources.extend(cli.samples.into_iter().map(Source::Table));
-    run_sources(
-        &sources,
-        &cli.reference,
-        &cli.output,
-        &cli.params,
-        &cli.exec,
-    )?;
-    Ok(())
-}
-
-/// Scores every source against `reference` and writes the tables.
-pub fn run_sources(
-    sources: &[Source],
-    reference: &Path,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    validate(sources, params)?;
-    stage::run_stage(
-        NAME,
-        output,
-        params,
-        &inputs_of(sources, reference),
-        |run| body(run, sources, reference, params, exec),
+};
+pub const SAMPLES: Slot = Slot {
+    multiple: true,
+    in_pipeline: false,
+    ..Slot::optional(
+        "samples",
+        StageName::Prepare,
+        "An images table to score instead of a GAN (a finished stage folder holding images-*.arrow, e.g. `fewlabels prepare` on a folder of samples); repeatable.",
     )
+};
+pub const REFERENCE: Slot = Slot::required(
+    "reference",
+    StageName::Prepare,
+    "The real images: a finished `prepare` folder.",
+);
+
+impl Evaluate {
+    /// What is scored: every `--gan`, then every `--samples`.
+    fn sources(dirs: &RunDirs) -> Vec<Source> {
+        let mut sources: Vec<Source> = dirs.all(&GAN).iter().cloned().map(Source::Gan).collect();
+        sources.extend(dirs.all(&SAMPLES).iter().cloned().map(Source::Table));
+        sources
+    }
 }
 
-fn validate(sources: &[Source], params: &Params) -> Result<()> {
-    if sources.is_empty() {
-        return Err(Error::invalid(
-            "evaluate: nothing to score; give --gan DIR or --samples DIR",
-        ));
+impl Stage for Evaluate {
+    const NAME: StageName = StageName::Evaluate;
+    const ABOUT: &'static str = "Score a GAN (or any images table) with FID, KID and IS.";
+    const OUTPUT: &'static str = "Where scores.json and the label-efficiency table go.";
+    const SLOTS: &'static [Slot] = &[GAN, SAMPLES, REFERENCE];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        at_least("num-samples", p.num_samples as u64, 2)?;
+        at_least("repeats", p.repeats as u64, 1)?;
+        at_least("batch-size", p.batch_size as u64, 1)?;
+        at_least("kid-subsets", p.kid_subsets as u64, 1)?;
+        at_least("kid-subset-size", p.kid_subset_size as u64, 2)?;
+        at_least("kid-max-features", p.kid_max_features as u64, 2)?;
+        at_least("is-splits", p.is_splits as u64, 1)
     }
-    if params.num_samples < 2 {
-        return Err(Error::invalid("--num-samples must be at least 2"));
+
+    fn check(dirs: &RunDirs, _: &Params) -> Result<()> {
+        if Self::sources(dirs).is_empty() {
+            return Err(Error::usage(
+                "evaluate: nothing to score; give --gan DIR or --samples DIR",
+            ));
+        }
+        Ok(())
     }
-    if params.repeats == 0 {
-        return Err(Error::invalid("--repeats must be at least 1"));
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut v: Vec<Input> = Self::sources(dirs)
+            .iter()
+            .map(|s| match s {
+                Source::Gan(d) => Input::stage(d, StageName::TrainGan),
+                Source::Table(d) => Input::stage(d, StageName::Prepare),
+            })
+            .collect();
+        if let Some(r) = dirs.get(&REFERENCE) {
+            v.push(Input::stage(r, StageName::Prepare));
+        }
+        v
     }
-    if params.batch_size == 0 {
-        return Err(Error::invalid("--batch-size must be at least 1"));
+
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        body(
+            run,
+            &Self::sources(dirs),
+            dirs.need(&REFERENCE)?,
+            params,
+            exec,
+        )
     }
-    if params.kid_subsets == 0 || params.kid_subset_size < 2 || params.kid_max_features < 2 {
-        return Err(Error::invalid(
-            "--kid-subsets must be >= 1, --kid-subset-size and --kid-max-features >= 2",
-        ));
-    }
-    if params.is_splits == 0 {
-        return Err(Error::invalid("--is-splits must be at least 1"));
-    }
-    Ok(())
 }
 
 /// The networks of a run and what identifies them.
@@ -570,7 +540,7 @@ fn scores_from_parts(
 /// modes without a recorded fraction show none: their shards are fully
 /// (pseudo-)labelled, which says nothing of the true labels used.
 fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
-    let m = Manifest::read_complete(dir, "train-gan")?;
+    let m = Manifest::read_complete(dir, StageName::TrainGan)?;
     let find = |keys: &[&str]| -> Option<serde_json::Value> {
         keys.iter()
             .find_map(|k| m.counts.get(*k).or_else(|| m.params.get(*k)).cloned())
@@ -658,7 +628,7 @@ pub struct ImagesTable {
 
 impl ImagesTable {
     pub fn open(dir: &Path) -> Result<Self> {
-        let m = Manifest::read_complete(dir, "prepare")?;
+        let m = Manifest::read_complete(dir, StageName::Prepare)?;
         let files = table_files(dir, &m, "images");
         if files.is_empty() {
             return Err(Error::file(
@@ -955,22 +925,6 @@ fn markdown_table(all: &[SourceScores]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        cli: Cli,
-    }
-
-    #[test]
-    fn clap_defaults_equal_params_default() {
-        let w = Wrap::parse_from(["x", "--samples", "s", "--reference", "r", "--output", "o"]);
-        assert_eq!(w.cli.params, Params::default());
-        // And the pipeline file's empty table means the same.
-        let p: Params = toml::from_str("").expect("empty table");
-        assert_eq!(p, Params::default());
-    }
 
     #[test]
     fn unknown_pipeline_keys_are_rejected() {

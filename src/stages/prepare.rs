@@ -39,12 +39,12 @@ use crate::codec::{self, Codec, JpegScaling, PngCompression, Prepared};
 use crate::error::{Error, Result, ResultExt};
 use crate::input::{self, Bytes, Item, Listing};
 use crate::manifest::Manifest;
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{image_column, open_shard, schema, ShardFile, TableWriter};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::Exec;
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 
-pub const NAME: &str = "prepare";
+const NAME: StageName = StageName::Prepare;
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -109,93 +109,80 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// Output folder (`images/` of a run).
-    #[arg(long)]
-    pub output: PathBuf,
-    /// Merge finished slices (`--num-shards N` runs) into --output instead of preparing.
-    #[arg(long, value_name = "SLICE_DIR")]
-    pub merge: Vec<PathBuf>,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels prepare`.
+pub struct Prepare;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(params: &Params) -> Vec<Input> {
-    let mut v = vec![Input::Path(params.input.clone())];
-    if let Some(labels) = input::idx::labels_path(&params.input) {
-        v.push(Input::Path(labels));
+pub const MERGE: Slot = Slot {
+    multiple: true,
+    in_pipeline: false,
+    ..Slot::optional(
+        "merge",
+        StageName::Prepare,
+        "Merge finished slices (`--num-shards N` runs) into --output instead of preparing.",
+    )
+};
+
+impl Stage for Prepare {
+    const NAME: StageName = StageName::Prepare;
+    const ABOUT: &'static str = "Images (folder, tar, list file, IDX) to 128x128 Arrow shards.";
+    const OUTPUT: &'static str = "Output folder (`images/` of a run).";
+    const SLOTS: &'static [Slot] = &[MERGE];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        if p.input.as_os_str().is_empty() {
+            return Err(ParamError::new(
+                "input",
+                "is needed: an image folder, tar, list file or IDX file",
+            ));
+        }
+        if p.size == 0 || p.size > 4096 {
+            return Err(ParamError::new("size", "must be between 1 and 4096"));
+        }
+        if !(1..=100).contains(&p.quality) {
+            return Err(ParamError::new("quality", "must be between 1 and 100"));
+        }
+        at_least("rows-per-shard", p.rows_per_shard as u64, 1)?;
+        at_least("num-shards", p.num_shards as u64, 1)?;
+        if p.shard_index >= p.num_shards {
+            return Err(ParamError::new(
+                "shard-index",
+                format!("must be below num-shards ({})", p.num_shards),
+            ));
+        }
+        Ok(())
     }
-    if let Some(names) = &params.class_names {
-        if Path::new(names).is_file() {
-            v.push(Input::Path(PathBuf::from(names)));
+
+    fn check(dirs: &RunDirs, p: &Params) -> Result<()> {
+        if !dirs.all(&MERGE).is_empty() && (p.num_shards != 1 || p.shard_index != 0) {
+            return Err(Error::usage(
+                "--merge writes the whole dataset: give the slices' other parameters, without --shard-index/--num-shards",
+            ));
+        }
+        Ok(())
+    }
+
+    fn inputs(_: &RunDirs, params: &Params) -> Vec<Input> {
+        let mut v = vec![Input::Path(params.input.clone())];
+        if let Some(labels) = input::idx::labels_path(&params.input) {
+            v.push(Input::Path(labels));
+        }
+        if let Some(names) = &params.class_names {
+            if Path::new(names).is_file() {
+                v.push(Input::Path(PathBuf::from(names)));
+            }
+        }
+        v
+    }
+
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        let slices = dirs.all(&MERGE);
+        if slices.is_empty() {
+            prepare(run, params, exec)
+        } else {
+            merge_body(run, slices)
         }
     }
-    v
-}
-
-pub fn run(output: &Path, params: &Params, exec: &Exec) -> Result<(Manifest, Outcome)> {
-    validate(params)?;
-    stage::run_stage(NAME, output, params, &inputs(params), |run| {
-        prepare(run, params, exec)
-    })
-}
-
-/// Merges the finished slices in `slices` into `output` (see the module doc).
-pub fn merge(
-    output: &Path,
-    slices: &[PathBuf],
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    validate(params)?;
-    if params.num_shards != 1 || params.shard_index != 0 {
-        return Err(Error::invalid(
-            "--merge writes the whole dataset: give the slices' other parameters, without --shard-index/--num-shards",
-        ));
-    }
-    let _ = exec;
-    stage::run_stage(NAME, output, params, &inputs(params), |run| {
-        merge_body(run, slices)
-    })
-}
-
-pub fn main(cli: Cli) -> Result<()> {
-    crate::device::set_threads(cli.exec.threads);
-    if cli.merge.is_empty() {
-        run(&cli.output, &cli.params, &cli.exec)?;
-    } else {
-        merge(&cli.output, &cli.merge, &cli.params, &cli.exec)?;
-    }
-    Ok(())
-}
-
-fn validate(p: &Params) -> Result<()> {
-    if p.size == 0 || p.size > 4096 {
-        return Err(Error::invalid(format!(
-            "--size {}: must be between 1 and 4096",
-            p.size
-        )));
-    }
-    if !(1..=100).contains(&p.quality) {
-        return Err(Error::invalid(format!(
-            "--quality {}: must be between 1 and 100",
-            p.quality
-        )));
-    }
-    if p.rows_per_shard == 0 {
-        return Err(Error::invalid("--rows-per-shard must be at least 1"));
-    }
-    if p.num_shards == 0 || p.shard_index >= p.num_shards {
-        return Err(Error::invalid(format!(
-            "--shard-index {} --num-shards {}: need 0 <= index < num-shards",
-            p.shard_index, p.num_shards
-        )));
-    }
-    Ok(())
 }
 
 /// The class names to store: `--class-names` when given (checked against the
@@ -631,26 +618,4 @@ fn merge_body(run: &mut StageRun, slices: &[PathBuf]) -> Result<()> {
     run.count("classes", classes);
     run.count("merged_slices", n as u64);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        cli: Cli,
-    }
-
-    #[test]
-    fn clap_defaults_equal_params_default() {
-        let w = Wrap::try_parse_from(["x", "--output", "o", "--input", "in"]).unwrap();
-        let mut want = Params::default();
-        want.input = PathBuf::from("in");
-        assert_eq!(w.cli.params, want);
-        let from_toml: Params = toml::from_str("").unwrap();
-        assert_eq!(from_toml, Params::default());
-    }
 }

@@ -27,21 +27,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-use crate::device;
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::models::resnet::{rotate4, Arch, RotationNet, SavedModel, MODEL_INFO, MODEL_WEIGHTS};
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{schema, shard_schema, table_files, TableReader};
-use crate::stage::{self, Input};
-use crate::stages::Exec;
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, in_range, positive, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::checkpoint::{load_variables, named_variables, Checkpoints};
 use crate::train::loader::{Loader, LoaderConfig};
 use crate::train::log::MetricsLog;
 use crate::train::optim::{OptimConfig, Optimizer, Schedule, ScheduleKind};
 use crate::train::{autocast_bf16, seed_torch};
 
-pub const NAME: &str = "pretrain";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 pub const CHECKPOINT_DIR: &str = "checkpoints";
 
@@ -170,25 +168,6 @@ impl Default for Params {
 }
 
 impl Params {
-    fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.batch_size == 0 || self.labelled_batch_size == 0 {
-            return Err(Error::invalid(
-                "--steps, --batch-size and --labelled-batch-size must be at least 1",
-            ));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) || !(self.class_weight >= 0.0) {
-            return Err(Error::invalid(
-                "--lr must be positive and --class-weight >= 0",
-            ));
-        }
-        if self.checkpoint_every == 0 || self.log_every == 0 || self.keep_checkpoints == 0 {
-            return Err(Error::invalid(
-                "--checkpoint-every, --log-every and --keep-checkpoints must be at least 1",
-            ));
-        }
-        Ok(())
-    }
-
     fn optim(&self) -> OptimConfig {
         match self.optimizer {
             OptimizerKind::Sgd => OptimConfig::sgd(self.momentum, self.weight_decay),
@@ -203,71 +182,79 @@ impl Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `images/` folder of `prepare`.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// The `labels/` folder of `sample-labels` (enables the class head).
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
-    /// Where the model, checkpoints and metrics go.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels pretrain`.
+pub struct Pretrain;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(images: &Path, labels: Option<&Path>) -> Vec<Input> {
-    let mut v = vec![Input::stage(images, "prepare")];
-    if let Some(l) = labels {
-        v.push(Input::stage(l, "sample-labels"));
-    }
-    v
-}
+pub const LABELS: Slot = Slot::optional(
+    "labels",
+    StageName::SampleLabels,
+    "The `labels/` folder of `sample-labels` (enables the class head).",
+);
 
-pub fn run(
-    images: &Path,
-    labels: Option<&Path>,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    params.validate()?;
-    let objective = match (params.objective, labels) {
-        (Objective::Auto, Some(_)) => Objective::S2l,
-        (Objective::Auto, None) => Objective::Rotation,
-        (o @ (Objective::S2l | Objective::Supervised), None) => {
-            return Err(Error::invalid(format!(
-                "--objective {}: needs --labels DIR (the output of `fewlabels sample-labels`)",
-                if o == Objective::S2l {
-                    "s2l"
-                } else {
-                    "supervised"
-                }
-            )))
+impl Pretrain {
+    /// The objective `auto` resolves to with or without labels.
+    fn objective(dirs: &RunDirs, params: &Params) -> Result<Objective> {
+        match (params.objective, dirs.get(&LABELS)) {
+            (Objective::Auto, Some(_)) => Ok(Objective::S2l),
+            (Objective::Auto, None) => Ok(Objective::Rotation),
+            (o @ (Objective::S2l | Objective::Supervised), None) => Err(Error::usage(format!(
+                "objective {}: needs the labelled subset (`--labels DIR`, the output of `fewlabels sample-labels`)",
+                if o == Objective::S2l { "s2l" } else { "supervised" }
+            ))),
+            (o, _) => Ok(o),
         }
-        (o, _) => o,
-    };
-    let device = exec.device.resolve()?;
-    stage::run_stage(NAME, output, params, &inputs(images, labels), |run| {
-        train(run, images, labels, objective, params, device)
-    })
+    }
 }
 
-pub fn main(cli: Cli) -> Result<()> {
-    device::set_threads(cli.exec.threads);
-    run(
-        &cli.images,
-        cli.labels.as_deref(),
-        &cli.output,
-        &cli.params,
-        &cli.exec,
-    )
-    .map(|_| ())
+impl Stage for Pretrain {
+    const NAME: StageName = StageName::Pretrain;
+    const ABOUT: &'static str = "Train the rotation (+ linear head) feature extractor.";
+    const OUTPUT: &'static str = "Where the model, checkpoints and metrics go.";
+    const SLOTS: &'static [Slot] = &[IMAGES, LABELS];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        at_least("steps", p.steps, 1)?;
+        at_least("batch-size", p.batch_size as u64, 1)?;
+        at_least("labelled-batch-size", p.labelled_batch_size as u64, 1)?;
+        positive("lr", p.lr)?;
+        in_range("class-weight", p.class_weight, 0.0, f64::MAX)?;
+        in_range("momentum", p.momentum, 0.0, 0.999_999)?;
+        in_range("beta2", p.beta2, 0.0, 0.999_999)?;
+        in_range("weight-decay", p.weight_decay, 0.0, 1.0)?;
+        at_least("checkpoint-every", p.checkpoint_every, 1)?;
+        at_least("log-every", p.log_every, 1)?;
+        at_least("keep-checkpoints", p.keep_checkpoints as u64, 1)
+    }
+
+    fn check(dirs: &RunDirs, params: &Params) -> Result<()> {
+        Self::objective(dirs, params).map(|_| ())
+    }
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut v: Vec<Input> = dirs
+            .get(&IMAGES)
+            .map(|d| Input::stage(d, StageName::Prepare))
+            .into_iter()
+            .collect();
+        if let Some(l) = dirs.get(&LABELS) {
+            v.push(Input::stage(l, StageName::SampleLabels));
+        }
+        v
+    }
+
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        let objective = Self::objective(dirs, params)?;
+        let device = exec.device.resolve()?;
+        train(
+            run,
+            dirs.need(&IMAGES)?,
+            dirs.get(&LABELS),
+            objective,
+            params,
+            device,
+        )
+    }
 }
 
 /// The labels table: id -> label for the `train` and `holdout` splits, and the class names.
@@ -279,7 +266,7 @@ pub struct LabelSets {
 
 /// Reads a `labels/` stage folder.
 pub fn read_labels(dir: &Path) -> Result<LabelSets> {
-    let m = Manifest::read_complete(dir, "sample-labels")?;
+    let m = Manifest::read_complete(dir, StageName::SampleLabels)?;
     let files = table_files(dir, &m, "labels");
     let first = files
         .first()
@@ -357,14 +344,14 @@ struct Running {
 }
 
 fn train(
-    run: &mut stage::StageRun,
+    run: &mut StageRun,
     images: &Path,
     labels: Option<&Path>,
     objective: Objective,
     params: &Params,
     device: Device,
 ) -> Result<()> {
-    let images_m = Manifest::read_complete(images, "prepare")?;
+    let images_m = Manifest::read_complete(images, StageName::Prepare)?;
     let files = table_files(images, &images_m, "images");
     if files.is_empty() {
         return Err(Error::file(images, "lists no images-*.arrow table"));
@@ -441,7 +428,7 @@ fn train(
     let train_labels = label_sets.as_ref().map(|l| &l.train);
 
     let pb = progress::bar(params.steps, "steps");
-    pb.set_prefix(NAME);
+    pb.set_prefix(StageName::Pretrain.as_str());
     pb.set_position(start);
     let mut running = Running::default();
     let mut images_seen = 0u64;
@@ -668,8 +655,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
+    fn pipeline_keys_are_kebab_case_and_checked() {
         let t: Params =
             toml::from_str("objective = \"supervised\"\nlabelled-batch-size = 8").unwrap();
         assert_eq!(t.objective, Objective::Supervised);

@@ -15,7 +15,7 @@
 //! ARI and purity; for predicted labels also accuracy on the unlabelled
 //! images and per-class precision and recall.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -29,13 +29,10 @@ use crate::fsutil::write_atomic;
 use crate::kmeans;
 use crate::manifest::Manifest;
 use crate::metrics::clustering::{self, Contingency};
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{schema, TableReader, TableWriter};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::tables;
-use crate::stages::Exec;
-
-pub const NAME: &str = "pseudo-label";
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, in_range, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// How labels are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -98,76 +95,67 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `features/` folder of `embed`.
-    #[arg(long)]
-    pub features: PathBuf,
-    /// The `labels/` folder of `sample-labels` (the classifier keeps these labels).
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
-    /// The `images/` folder of `prepare`: true labels for the quality report.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// Where `pseudo_labels/` goes.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels pseudo-label`.
+pub struct PseudoLabel;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(features: &Path, labels: Option<&Path>, images: &Path) -> Vec<Input> {
-    let mut v = vec![
-        Input::stage(features, "embed"),
-        Input::stage(images, "prepare"),
-    ];
-    if let Some(l) = labels {
-        v.push(Input::stage(l, "sample-labels"));
-    }
-    v
-}
+pub const FEATURES: Slot = Slot::required(
+    "features",
+    StageName::Embed,
+    "The `features/` folder of `embed`.",
+);
+pub const LABELS: Slot = Slot::optional(
+    "labels",
+    StageName::SampleLabels,
+    "The `labels/` folder of `sample-labels` (the classifier keeps these labels).",
+);
+pub const TRUTH: Slot = Slot::required(
+    "images",
+    StageName::Prepare,
+    "The `images/` folder of `prepare`: true labels for the quality report.",
+);
 
-pub fn run(
-    features: &Path,
-    labels: Option<&Path>,
-    images: &Path,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    if params.max_iter == 0 {
-        return Err(Error::invalid("--max-iter 0: give at least 1"));
+impl Stage for PseudoLabel {
+    const NAME: StageName = StageName::PseudoLabel;
+    const ABOUT: &'static str = "Label every image by k-means clusters or by the classifier head.";
+    const OUTPUT: &'static str = "Where `pseudo_labels/` goes.";
+    const SLOTS: &'static [Slot] = &[FEATURES, LABELS, TRUTH];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        at_least("max-iter", p.max_iter as u64, 1)?;
+        in_range("tol", p.tol, 0.0, f64::MAX)
     }
-    if !(params.tol >= 0.0 && params.tol.is_finite()) {
-        return Err(Error::invalid(format!(
-            "--tol {}: must be >= 0",
-            params.tol
-        )));
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut v = Vec::new();
+        if let Some(f) = dirs.get(&FEATURES) {
+            v.push(Input::stage(f, StageName::Embed));
+        }
+        if let Some(i) = dirs.get(&TRUTH) {
+            v.push(Input::stage(i, StageName::Prepare));
+        }
+        if let Some(l) = dirs.get(&LABELS) {
+            v.push(Input::stage(l, StageName::SampleLabels));
+        }
+        v
     }
-    stage::run_stage(
-        NAME,
-        output,
-        params,
-        &inputs(features, labels, images),
-        |run| {
-            let labelling = match params.method {
-                Method::Kmeans => label_by_kmeans(features, images, params, exec, run)?,
-                Method::Classifier => {
-                    label_by_classifier(features, labels, images, params, exec, run)?
-                }
-            };
-            write_labelling(run, &labelling)?;
-            quality_report(run, images, &labelling, "")?;
-            if params.compare_kmeans && params.method == Method::Classifier {
-                let clusters = label_by_kmeans(features, images, params, exec, run)?;
-                quality_report(run, images, &clusters, "kmeans_")?;
-            }
-            Ok(())
-        },
-    )
+
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        let features = dirs.need(&FEATURES)?;
+        let images = dirs.need(&TRUTH)?;
+        let labels = dirs.get(&LABELS);
+        let labelling = match params.method {
+            Method::Kmeans => label_by_kmeans(features, images, params, exec, run)?,
+            Method::Classifier => label_by_classifier(features, labels, images, params, exec, run)?,
+        };
+        write_labelling(run, &labelling)?;
+        quality_report(run, images, &labelling, "")?;
+        if params.compare_kmeans && params.method == Method::Classifier {
+            let clusters = label_by_kmeans(features, images, params, exec, run)?;
+            quality_report(run, images, &clusters, "kmeans_")?;
+        }
+        Ok(())
+    }
 }
 
 /// Where a label came from.
@@ -216,7 +204,7 @@ pub struct FeatureMatrix {
 }
 
 pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
-    let m = Manifest::read_complete(features, "embed")?;
+    let m = Manifest::read_complete(features, StageName::Embed)?;
     let mut out = FeatureMatrix {
         ids: Vec::new(),
         dim: 0,
@@ -295,7 +283,7 @@ fn label_by_kmeans(
     let k = if params.clusters > 0 {
         params.clusters
     } else {
-        let m = Manifest::read_complete(images, "prepare")?;
+        let m = Manifest::read_complete(images, StageName::Prepare)?;
         let n = tables::class_names(images, &m, "images")?.len();
         if n == 0 {
             return Err(Error::invalid(
@@ -317,7 +305,7 @@ fn label_by_kmeans(
     };
     let (backend, init) = kmeans::resolve(&cfg, n, f.dim);
     progress::note(format!(
-        "{NAME}: k-means, {n} points x {} dims, k = {k}, {backend:?} back-end, {init:?} init",
+        "pseudo-label: k-means, {n} points x {} dims, k = {k}, {backend:?} back-end, {init:?} init",
         f.dim
     ));
     let c = kmeans::fit(&f.values, n, f.dim, &cfg)?;
@@ -362,7 +350,7 @@ fn label_by_classifier(
     let labels = labels.ok_or_else(|| {
         Error::invalid("--method classifier needs --labels (the `labels/` folder of sample-labels)")
     })?;
-    let lm = Manifest::read_complete(labels, "sample-labels")?;
+    let lm = Manifest::read_complete(labels, StageName::SampleLabels)?;
     let class_names = tables::class_names(labels, &lm, "labels")?;
     let k = class_names.len();
     let (given, holdout) = read_given(labels, &lm)?;
@@ -510,7 +498,7 @@ pub struct QualityReport {
 /// writes `{prefix}quality.json` and `{prefix}confusion.png` and puts the
 /// figures in the summary as `{prefix}quality_*`.
 fn quality_report(run: &mut StageRun, images: &Path, l: &Labelling, prefix: &str) -> Result<()> {
-    let m = Manifest::read_complete(images, "prepare")?;
+    let m = Manifest::read_complete(images, StageName::Prepare)?;
     let class_names = tables::class_names(images, &m, "images")?;
     let truth = tables::read_id_labels(images, &m, "images")?;
     let truth: HashMap<u64, i64> = truth
@@ -614,26 +602,12 @@ fn contingency_rows(c: &Contingency) -> Vec<Vec<u64>> {
         .collect()
 }
 
-pub fn main(cli: Cli) -> Result<()> {
-    crate::device::set_threads(cli.exec.threads);
-    run(
-        &cli.features,
-        cli.labels.as_deref(),
-        &cli.images,
-        &cli.output,
-        &cli.params,
-        &cli.exec,
-    )
-    .map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
+    fn kmeans_choices_parse_from_pipeline_files() {
         let p: Params = toml::from_str("init = \"kmeans++\"\nbackend = \"torch\"").unwrap();
         assert_eq!(p.init, kmeans::Init::KmeansPlusPlus);
         assert_eq!(p.backend, kmeans::Backend::Torch);

@@ -22,13 +22,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::AtomicFile;
 use crate::manifest::Manifest;
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{schema, TableReader, TableWriter};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::tables;
-use crate::stages::Exec;
-
-pub const NAME: &str = "sample-labels";
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -60,28 +57,51 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `images/` folder of `prepare`.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// Where `labels/` goes.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels sample-labels`.
+pub struct SampleLabels;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan):
-/// the images table and, with `--from`, the user's list.
-pub fn inputs(images: &Path, params: &Params) -> Vec<Input> {
-    let mut ins = vec![Input::stage(images, "prepare")];
-    if let Some(list) = &params.from {
-        ins.push(Input::Path(list.clone()));
+impl Stage for SampleLabels {
+    const NAME: StageName = StageName::SampleLabels;
+    const ABOUT: &'static str = "Keep a fraction of the labels of each class.";
+    const OUTPUT: &'static str = "Where `labels/` goes.";
+    const SLOTS: &'static [Slot] = &[IMAGES];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        if !(p.fraction > 0.0 && p.fraction <= 1.0) {
+            return Err(ParamError::new(
+                "fraction",
+                "must be in (0, 1], e.g. 0.1 for 10% of each class",
+            ));
+        }
+        if !(0.0..1.0).contains(&p.holdout) {
+            return Err(ParamError::new("holdout", "must be in [0, 1)"));
+        }
+        if p.from.is_none() && p.fraction + p.holdout > 1.0 + 1e-12 {
+            return Err(ParamError::new(
+                "holdout",
+                format!("fraction {} + holdout {} exceed 1", p.fraction, p.holdout),
+            ));
+        }
+        Ok(())
     }
-    ins
+
+    /// The images table and, with `from`, the user's list.
+    fn inputs(dirs: &RunDirs, params: &Params) -> Vec<Input> {
+        let mut ins: Vec<Input> = dirs
+            .get(&IMAGES)
+            .map(|d| Input::stage(d, StageName::Prepare))
+            .into_iter()
+            .collect();
+        if let Some(list) = &params.from {
+            ins.push(Input::Path(list.clone()));
+        }
+        ins
+    }
+
+    fn run(dirs: &RunDirs, params: &Params, _: &Exec, run: &mut StageRun) -> Result<()> {
+        body(dirs.need(&IMAGES)?, params, run)
+    }
 }
 
 /// Labels kept per class for a fraction: nearest integer (halves up), at least one.
@@ -92,43 +112,9 @@ pub fn kept_per_class(fraction: f64, images: usize) -> usize {
     ((fraction * images as f64 + 0.5).floor() as usize).clamp(1, images)
 }
 
-fn validate(p: &Params) -> Result<()> {
-    if !(p.fraction > 0.0 && p.fraction <= 1.0) {
-        return Err(Error::invalid(format!(
-            "--fraction {}: must be in (0, 1], e.g. 0.1 for 10% of each class",
-            p.fraction
-        )));
-    }
-    if !(0.0..1.0).contains(&p.holdout) {
-        return Err(Error::invalid(format!(
-            "--holdout {}: must be in [0, 1)",
-            p.holdout
-        )));
-    }
-    if p.from.is_none() && p.fraction + p.holdout > 1.0 + 1e-12 {
-        return Err(Error::invalid(format!(
-            "--fraction {} + --holdout {} exceed 1",
-            p.fraction, p.holdout
-        )));
-    }
-    Ok(())
-}
-
-pub fn run(
-    images: &Path,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    let _ = exec;
-    validate(params)?;
-    let ins = inputs(images, params);
-    stage::run_stage(NAME, output, params, &ins, |run| body(images, params, run))
-}
-
 fn body(images: &Path, params: &Params, run: &mut StageRun) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let m = Manifest::read_complete(images, "prepare")?;
+    let m = Manifest::read_complete(images, StageName::Prepare)?;
     let names = tables::class_names(images, &m, "images")?;
     let table = tables::read_id_labels(images, &m, "images")?;
     let n_classes = names.len();
@@ -466,7 +452,7 @@ fn read_list(
 
 /// path -> id of every image.
 fn image_paths(images: &Path) -> Result<HashMap<String, u64>> {
-    let m = Manifest::read_complete(images, "prepare")?;
+    let m = Manifest::read_complete(images, StageName::Prepare)?;
     let mut out = HashMap::new();
     for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "path"])) {
         let batch = batch?;
@@ -501,19 +487,9 @@ fn write_class_counts(
     Ok(())
 }
 
-pub fn main(cli: Cli) -> Result<()> {
-    crate::device::set_threads(cli.exec.threads);
-    run(&cli.images, &cli.output, &cli.params, &cli.exec).map(|_| ())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
-    }
 
     #[test]
     fn rounding_is_nearest_with_at_least_one() {
@@ -534,8 +510,8 @@ mod tests {
                 holdout: h,
                 ..Params::default()
             };
-            assert!(validate(&p).is_err(), "{f} {h}");
+            assert!(SampleLabels::validate(&p).is_err(), "{f} {h}");
         }
-        assert!(validate(&Params::default()).is_ok());
+        assert!(SampleLabels::validate(&Params::default()).is_ok());
     }
 }

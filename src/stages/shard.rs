@@ -13,7 +13,7 @@
 //! final shards it finished and only rebuilds the rest.
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -28,13 +28,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
-use crate::progress::{self, Outcome};
+use crate::progress;
 use crate::shard::{schema, ShardFile, TableReader, TableWriter};
-use crate::stage::{self, Input, StageRun};
-use crate::stages::tables;
-use crate::stages::Exec;
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
-pub const NAME: &str = "shard";
+const NAME: StageName = StageName::Shard;
 const MAX_BUCKETS: usize = 64;
 const SCRATCH: &str = "_scratch";
 
@@ -70,51 +69,60 @@ impl Default for Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `images/` folder of `prepare`.
-    #[arg(long)]
-    pub images: PathBuf,
-    /// Labels from `pseudo-label`.
-    #[arg(long, conflicts_with = "labels")]
-    pub pseudo_labels: Option<PathBuf>,
-    /// The labelled subset from `sample-labels` (the rest unlabelled).
-    #[arg(long)]
-    pub labels: Option<PathBuf>,
-    /// Where `train/` goes.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
+/// `fewlabels shard`.
+pub struct Shard;
+
+pub const PSEUDO_LABELS: Slot = Slot {
+    conflicts_with: Some("labels"),
+    ..Slot::optional(
+        "pseudo-labels",
+        StageName::PseudoLabel,
+        "Labels from `pseudo-label`.",
+    )
+};
+pub const SUBSET: Slot = Slot::optional(
+    "labels",
+    StageName::SampleLabels,
+    "The labelled subset from `sample-labels` (the rest unlabelled).",
+);
+
+impl Stage for Shard {
+    const NAME: StageName = StageName::Shard;
+    const ABOUT: &'static str = "Join images and labels into shuffled training shards.";
+    const OUTPUT: &'static str = "Where `train/` goes.";
+    const SLOTS: &'static [Slot] = &[IMAGES, PSEUDO_LABELS, SUBSET];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        at_least("rows-per-shard", p.rows_per_shard as u64, 1)
+    }
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut v: Vec<Input> = dirs
+            .get(&IMAGES)
+            .map(|d| Input::stage(d, StageName::Prepare))
+            .into_iter()
+            .collect();
+        match label_source(dirs) {
+            LabelSource::PseudoLabels(d) => v.push(Input::stage(d, StageName::PseudoLabel)),
+            LabelSource::Labels(d) => v.push(Input::stage(d, StageName::SampleLabels)),
+            LabelSource::TrueLabels => {}
+        }
+        v
+    }
+
+    fn run(dirs: &RunDirs, params: &Params, _: &Exec, run: &mut StageRun) -> Result<()> {
+        body(dirs.need(&IMAGES)?, label_source(dirs), params, run)
+    }
 }
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(images: &Path, labels: LabelSource<'_>) -> Vec<Input> {
-    let mut v = vec![Input::stage(images, "prepare")];
-    match labels {
-        LabelSource::PseudoLabels(d) => v.push(Input::stage(d, "pseudo-label")),
-        LabelSource::Labels(d) => v.push(Input::stage(d, "sample-labels")),
-        LabelSource::TrueLabels => {}
+/// The label source the folders given select.
+pub fn label_source(dirs: &RunDirs) -> LabelSource<'_> {
+    match (dirs.get(&PSEUDO_LABELS), dirs.get(&SUBSET)) {
+        (Some(p), _) => LabelSource::PseudoLabels(p),
+        (None, Some(l)) => LabelSource::Labels(l),
+        (None, None) => LabelSource::TrueLabels,
     }
-    v
-}
-
-pub fn run(
-    images: &Path,
-    labels: LabelSource<'_>,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    let _ = exec;
-    if params.rows_per_shard == 0 {
-        return Err(Error::invalid("--rows-per-shard 0: give at least 1"));
-    }
-    stage::run_stage(NAME, output, params, &inputs(images, labels), |run| {
-        body(images, labels, params, run)
-    })
 }
 
 /// The label of each image id, its source, and the class names.
@@ -156,7 +164,7 @@ fn label_join(images: &Path, im: &Manifest, source: LabelSource<'_>, ids: &[u64]
             })
         }
         LabelSource::PseudoLabels(dir) => {
-            let m = Manifest::read_complete(dir, "pseudo-label")?;
+            let m = Manifest::read_complete(dir, StageName::PseudoLabel)?;
             let names = tables::class_names(dir, &m, "pseudo_labels")?;
             let mut labels = HashMap::new();
             for batch in TableReader::from_manifest(
@@ -192,7 +200,7 @@ fn label_join(images: &Path, im: &Manifest, source: LabelSource<'_>, ids: &[u64]
             })
         }
         LabelSource::Labels(dir) => {
-            let m = Manifest::read_complete(dir, "sample-labels")?;
+            let m = Manifest::read_complete(dir, StageName::SampleLabels)?;
             let names = tables::class_names(dir, &m, "labels")?;
             let mut labels = HashMap::new();
             for batch in
@@ -230,7 +238,7 @@ fn scratch_schema() -> SchemaRef {
 
 fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut StageRun) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let im = Manifest::read_complete(images, "prepare")?;
+    let im = Manifest::read_complete(images, StageName::Prepare)?;
     let mut ids = tables::read_ids(images, &im, "images")?;
     let join = label_join(images, &im, source, &ids)?;
     // The permutation: sorted ids shuffled by the seed.
@@ -268,6 +276,8 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
             run.add_output(f, Some(r))?;
         }
         run.count("images", 0u64);
+        run.count("labelled", 0u64);
+        run.count("unlabelled", 0u64);
         return Ok(());
     }
 
@@ -282,7 +292,7 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
     let bucket_path = |b: usize| scratch.join(format!("bucket-{b:05}.arrow"));
     let mut buckets: Vec<Option<ShardFile>> = (0..n_buckets).map(|_| None).collect();
     let bar = progress::bar(n as u64, "images");
-    bar.set_prefix(NAME);
+    bar.set_prefix(NAME.as_str());
     for batch in TableReader::from_manifest(images, &im, "images", Some(&["id", "image"])) {
         let batch = batch?;
         let idc = tables::u64_column(&batch, "id", images)?;
@@ -422,24 +432,4 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
     run.count("classes", join.names.len() as u64);
     run.count("resumed_shards", done.iter().filter(|d| **d).count() as u64);
     Ok(())
-}
-
-pub fn main(cli: Cli) -> Result<()> {
-    crate::device::set_threads(cli.exec.threads);
-    let source = match (&cli.pseudo_labels, &cli.labels) {
-        (Some(p), _) => LabelSource::PseudoLabels(p),
-        (None, Some(l)) => LabelSource::Labels(l),
-        (None, None) => LabelSource::TrueLabels,
-    };
-    run(&cli.images, source, &cli.output, &cli.params, &cli.exec).map(|_| ())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
-    }
 }

@@ -17,16 +17,12 @@ use crate::gan::sample::{load_generator, png, to_rgb8};
 use crate::gan::train::{bench, train, TrainConfig};
 use crate::manifest::Manifest;
 use crate::models::biggan::Config;
-use crate::progress::Outcome;
 use crate::shard::schema::class_names_of;
 use crate::shard::{shard_schema, table_files, TableReader};
-use crate::stage::{self, Input};
-use crate::stages::tables;
-use crate::stages::Exec;
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, in_range, positive, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 pub use crate::gan::modes::{GanMode, LabelsNeeded};
-
-pub const NAME: &str = "train-gan";
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -137,37 +133,8 @@ impl Default for Params {
 }
 
 impl Params {
-    fn validate(&self) -> Result<()> {
-        let positive = [
-            ("--steps", self.steps as i64),
-            ("--batch-size", self.batch_size),
-            ("--accumulation", self.accumulation),
-            ("--d-steps", self.d_steps as i64),
-            ("--checkpoint-every", self.checkpoint_every as i64),
-            ("--sample-every", self.sample_every as i64),
-            ("--log-every", self.log_every as i64),
-            ("--ch", self.ch),
-            ("--grid-rows", self.grid_rows),
-            ("--grid-cols", self.grid_cols),
-            ("--standing-batches", self.standing_batches as i64),
-            ("--keep-checkpoints", self.keep_checkpoints as i64),
-        ];
-        for (flag, v) in positive {
-            if v < 1 {
-                return Err(Error::invalid(format!(
-                    "{flag} must be at least 1 (got {v})"
-                )));
-            }
-        }
-        if !(0.0..1.0).contains(&self.ema_decay) {
-            return Err(Error::invalid("--ema-decay must be in [0, 1)"));
-        }
-        Ok(())
-    }
-
     /// The loop's configuration, with the class names of the data.
     pub fn train_config(&self, class_names: &[String]) -> Result<TrainConfig> {
-        self.validate()?;
         let model = Config {
             n_classes: self.mode.n_classes(class_names.len() as i64),
             conditional: self.mode.conditional(),
@@ -206,28 +173,100 @@ impl Params {
     }
 }
 
-#[derive(clap::Args, Debug)]
-pub struct Cli {
-    /// The `train/` folder written by `fewlabels shard`.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Where the checkpoints, grids, logs and EMA generator go.
-    #[arg(long)]
-    pub output: PathBuf,
-    #[command(flatten)]
-    pub params: Params,
-    #[command(flatten)]
-    pub exec: Exec,
-}
+/// `fewlabels train-gan`.
+pub struct TrainGan;
 
-/// What this stage reads, for fingerprinting (shared by `run` and the pipeline's plan).
-pub fn inputs(data: &Path) -> Vec<Input> {
-    vec![Input::stage(data, "shard")]
+pub const DATA: Slot = Slot::required(
+    "data",
+    StageName::Shard,
+    "The `train/` folder written by `fewlabels shard`.",
+);
+
+impl Stage for TrainGan {
+    const NAME: StageName = StageName::TrainGan;
+    const ABOUT: &'static str = "Train the BigGAN in one of the paper's labelling modes.";
+    const OUTPUT: &'static str = "Where the checkpoints, grids, logs and EMA generator go.";
+    const SLOTS: &'static [Slot] = &[DATA];
+    type Params = Params;
+
+    fn validate(p: &Params) -> Result<(), ParamError> {
+        at_least("steps", p.steps, 1)?;
+        at_least("batch-size", p.batch_size.max(0) as u64, 1)?;
+        at_least("accumulation", p.accumulation.max(0) as u64, 1)?;
+        at_least("d-steps", p.d_steps, 1)?;
+        positive("lr-g", p.lr_g)?;
+        positive("lr-d", p.lr_d)?;
+        in_range("beta1", p.beta1, 0.0, 0.999_999)?;
+        in_range("beta2", p.beta2, 0.0, 0.999_999)?;
+        if !(p.ema_decay >= 0.0 && p.ema_decay < 1.0) {
+            return Err(ParamError::new("ema-decay", "must be in [0, 1)"));
+        }
+        if !Config::RESOLUTIONS.contains(&p.resolution) {
+            return Err(ParamError::new(
+                "resolution",
+                "BigGAN presets exist for 32, 64 and 128",
+            ));
+        }
+        at_least("ch", p.ch.max(0) as u64, 1)?;
+        at_least(
+            "rotated-batch-fraction",
+            p.rotated_batch_fraction.max(0) as u64,
+            1,
+        )?;
+        in_range("weight-rotation-d", p.weight_rotation_d, 0.0, f64::MAX)?;
+        in_range("weight-rotation-g", p.weight_rotation_g, 0.0, f64::MAX)?;
+        in_range("weight-class", p.weight_class, 0.0, f64::MAX)?;
+        at_least("checkpoint-every", p.checkpoint_every, 1)?;
+        at_least("sample-every", p.sample_every, 1)?;
+        at_least("log-every", p.log_every, 1)?;
+        at_least("keep-checkpoints", p.keep_checkpoints as u64, 1)?;
+        at_least("standing-batches", p.standing_batches as u64, 1)?;
+        at_least("grid-rows", p.grid_rows.max(0) as u64, 1)?;
+        at_least("grid-cols", p.grid_cols.max(0) as u64, 1)
+    }
+
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        dirs.get(&DATA)
+            .map(|d| Input::stage(d, StageName::Shard))
+            .into_iter()
+            .collect()
+    }
+
+    fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
+        let data = dirs.need(&DATA)?;
+        let (files, summary) = summarize(data)?;
+        check(params.mode, &summary)?;
+        let cfg = params.train_config(&summary.class_names)?;
+        let device = exec.device.resolve()?;
+        let outcome = train(&cfg, files, &run.dir, device, run.resuming)?;
+        run.phase("data", outcome.seconds_data);
+        run.phase("train", outcome.seconds_train);
+        run.count("mode", params.mode.name());
+        run.count("steps", outcome.steps);
+        run.count("resumed_from_step", outcome.resumed_from);
+        run.count("rows", summary.rows);
+        run.count("labelled_rows", summary.labelled);
+        run.count("human_labelled_rows", summary.human_labelled);
+        run.count("label_fraction", params.mode.label_fraction(&summary));
+        run.count("classes", cfg.model.n_classes);
+        run.count("g_parameters", outcome.g_params);
+        run.count("d_parameters", outcome.d_params);
+        run.count("images_per_s", outcome.images_per_s);
+        for (k, v) in &outcome.last {
+            if v.is_finite() {
+                run.count(&format!("last/{k}"), *v);
+            }
+        }
+        for rel in output_files(&run.dir)? {
+            run.add_output(&rel, None)?;
+        }
+        Ok(())
+    }
 }
 
 /// The training table's files, class names and label counts.
 pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
-    let m = Manifest::read_complete(data, "shard")?;
+    let m = Manifest::read_complete(data, StageName::Shard)?;
     let files = table_files(data, &m, "train");
     let first = files.first().ok_or_else(|| {
         Error::file(
@@ -264,44 +303,6 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
     Ok((files, s))
 }
 
-pub fn run(
-    data: &Path,
-    output: &Path,
-    params: &Params,
-    exec: &Exec,
-) -> Result<(Manifest, Outcome)> {
-    params.validate()?;
-    let (files, summary) = summarize(data)?;
-    check(params.mode, &summary)?;
-    let cfg = params.train_config(&summary.class_names)?;
-    let device = exec.device.resolve()?;
-    stage::run_stage(NAME, output, params, &inputs(data), |run| {
-        let outcome = train(&cfg, files, &run.dir, device, run.resuming)?;
-        run.phase("data", outcome.seconds_data);
-        run.phase("train", outcome.seconds_train);
-        run.count("mode", params.mode.name());
-        run.count("steps", outcome.steps);
-        run.count("resumed_from_step", outcome.resumed_from);
-        run.count("rows", summary.rows);
-        run.count("labelled_rows", summary.labelled);
-        run.count("human_labelled_rows", summary.human_labelled);
-        run.count("label_fraction", params.mode.label_fraction(&summary));
-        run.count("classes", cfg.model.n_classes);
-        run.count("g_parameters", outcome.g_params);
-        run.count("d_parameters", outcome.d_params);
-        run.count("images_per_s", outcome.images_per_s);
-        for (k, v) in &outcome.last {
-            if v.is_finite() {
-                run.count(&format!("last/{k}"), *v);
-            }
-        }
-        for rel in output_files(&run.dir)? {
-            run.add_output(&rel, None)?;
-        }
-        Ok(())
-    })
-}
-
 /// Every file the run left (relative, sorted), bar the framework's own and temporaries.
 fn output_files(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
@@ -327,11 +328,6 @@ fn output_files(dir: &Path) -> Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
-}
-
-pub fn main(cli: Cli) -> Result<()> {
-    device::set_threads(cli.exec.threads);
-    run(&cli.data, &cli.output, &cli.params, &cli.exec).map(|_| ())
 }
 
 /// `fewlabels generate`: samples from a trained GAN's EMA generator.
@@ -455,8 +451,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn clap_defaults_equal_params_default() {
-        crate::stages::assert_defaults_agree::<Params>();
+    fn pipeline_keys_are_kebab_case() {
         let toml_set: Params = toml::from_str("mode = \"s3gan\"\nbatch-size = 64").expect("toml");
         assert_eq!(toml_set.mode, GanMode::S3gan);
         assert_eq!(toml_set.batch_size, 64);

@@ -50,7 +50,7 @@ impl OptimConfig {
 }
 
 /// Learning rate as a function of the step.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScheduleKind {
     /// The base rate throughout.

@@ -46,3 +46,170 @@ pub fn fashion_mnist() -> PathBuf {
 pub fn photos() -> PathBuf {
     PathBuf::from(setup_var("FEWLABELS_PHOTOS"))
 }
+
+/// Fashion-MNIST's class names, in label order.
+pub const FASHION_CLASSES: [&str; 10] = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+];
+
+/// `--class-names` for Fashion-MNIST.
+pub fn fashion_class_names() -> String {
+    FASHION_CLASSES.join(",")
+}
+
+/// Decompresses an IDX file and returns (dimensions, payload).
+pub fn read_idx_gz(path: &std::path::Path) -> (Vec<usize>, Vec<u8>) {
+    use std::io::Read;
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    flate2::read::GzDecoder::new(f)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    assert_eq!(&bytes[..2], &[0, 0], "IDX magic");
+    let ndim = bytes[3] as usize;
+    let dims: Vec<usize> = (0..ndim)
+        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
+        .collect();
+    (dims, bytes[4 + 4 * ndim..].to_vec())
+}
+
+/// The first `limit` Fashion-MNIST images of `split` ("train" or "t10k"),
+/// 28x28 grey, and their labels.
+pub fn fashion_raw(split: &str, limit: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+    let dir = fashion_mnist();
+    let (dims, px) = read_idx_gz(&dir.join(format!("{split}-images-idx3-ubyte.gz")));
+    let (_, labels) = read_idx_gz(&dir.join(format!("{split}-labels-idx1-ubyte.gz")));
+    let n = limit.min(dims[0]);
+    let images = (0..n)
+        .map(|i| px[i * 784..(i + 1) * 784].to_vec())
+        .collect();
+    (images, labels[..n].to_vec())
+}
+
+/// Writes an IDX pair (`NAME-images-idx3-ubyte.gz` and its labels) in
+/// `dir`: real Fashion-MNIST images in their own format, for `prepare`.
+pub fn write_idx(dir: &std::path::Path, name: &str, images: &[&[u8]], labels: &[u8]) -> PathBuf {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let gz = |path: &std::path::Path, bytes: &[u8]| {
+        let f = std::fs::File::create(path).unwrap();
+        let mut w = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
+        w.write_all(bytes).unwrap();
+        w.finish().unwrap();
+    };
+    let mut img = vec![0, 0, 8, 3];
+    for d in [images.len() as u32, 28, 28] {
+        img.extend(d.to_be_bytes());
+    }
+    for i in images {
+        img.extend_from_slice(i);
+    }
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend((labels.len() as u32).to_be_bytes());
+    lab.extend_from_slice(labels);
+    let images_path = dir.join(format!("{name}-images-idx3-ubyte.gz"));
+    gz(&images_path, &img);
+    gz(&dir.join(format!("{name}-labels-idx1-ubyte.gz")), &lab);
+    images_path
+}
+
+/// A finished `images/` folder of the first `limit` Fashion-MNIST training
+/// images at `size`x`size` (without class `drop_class` when given), made by
+/// the real `prepare` once per test binary and shared by its tests.
+pub fn prepared_fashion(limit: usize, size: u32, drop_class: Option<u8>) -> PathBuf {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Key = (usize, u32, Option<u8>);
+    static MADE: OnceLock<Mutex<HashMap<Key, PathBuf>>> = OnceLock::new();
+    let made = MADE.get_or_init(Default::default);
+    let mut made = made.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = made.get(&(limit, size, drop_class)) {
+        return dir.clone();
+    }
+    let root = tempfile::tempdir().unwrap().keep();
+    let (images, labels) = fashion_raw("train", limit);
+    let keep: Vec<usize> = (0..images.len())
+        .filter(|&i| Some(labels[i]) != drop_class)
+        .collect();
+    let imgs: Vec<&[u8]> = keep.iter().map(|&i| images[i].as_slice()).collect();
+    let labs: Vec<u8> = keep.iter().map(|&i| labels[i]).collect();
+    let idx = write_idx(&root.join("idx"), "train", &imgs, &labs);
+    let out = root.join("images");
+    let o = run(&[
+        "--quiet",
+        "prepare",
+        "--input",
+        idx.to_str().unwrap(),
+        "--size",
+        &size.to_string(),
+        "--class-names",
+        &fashion_class_names(),
+        "--rows-per-shard",
+        "5000",
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "prepare fixture: {}", text(&o));
+    made.insert((limit, size, drop_class), out.clone());
+    out
+}
+
+/// Runs a command of the real binary that must succeed; returns its
+/// `--json` summary (the last JSON line on stdout).
+pub fn ok_json(args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let o = run(&all);
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no JSON summary: {}", text(&o)))
+}
+
+/// A finished `shard` folder `dir/NAME` of the first `n` Fashion-MNIST
+/// training images at `size`x`size`, made by the real stages: with every
+/// true label, or with the labels `sample-labels --fraction F` keeps.
+/// Returns the folder and its labelled rows.
+pub fn train_shards(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+    size: u32,
+    fraction: Option<&str>,
+) -> (PathBuf, u64) {
+    let images = prepared_fashion(n, size, None);
+    let train = dir.join(name);
+    let labels = dir.join(format!("{name}-labels"));
+    let (images, train_s, labels_s) = (
+        images.to_str().unwrap().to_string(),
+        train.to_str().unwrap().to_string(),
+        labels.to_str().unwrap().to_string(),
+    );
+    let mut args = vec!["shard", "--images", &images, "--output", &train_s];
+    if let Some(f) = fraction {
+        ok_json(&[
+            "sample-labels",
+            "--images",
+            &images,
+            "--fraction",
+            f,
+            "--output",
+            &labels_s,
+        ]);
+        args.extend(["--labels", &labels_s]);
+    }
+    let j = ok_json(&args);
+    let labelled = j["counts"]["labelled"].as_u64().expect("labelled count");
+    (train, labelled)
+}
