@@ -23,7 +23,7 @@ impl DeviceChoice {
             DeviceChoice::Auto => Ok(Device::cuda_if_available()),
             DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
             DeviceChoice::Cuda => Err(Error::invalid(
-                "--device cuda: libtorch sees no CUDA device (run `fewlabels doctor`); use --device cpu or auto",
+                "device cuda: libtorch sees no CUDA device (`fewlabels doctor` tells what it sees); use the CPU or auto",
             )),
         }
     }

@@ -754,7 +754,9 @@ fn tar_of_class_tars_and_list_files_give_the_folder_images() {
     ]);
     ok(&o);
     let from_tar = images(&tar_out);
-    let strip = |rows: &[Row]| -> Vec<(u64, Option<i64>, i32, i32, Vec<u8>)> {
+    // Everything but the path (which names the container).
+    type Content = (u64, Option<i64>, i32, i32, Vec<u8>);
+    let strip = |rows: &[Row]| -> Vec<Content> {
         rows.iter()
             .map(|r| (r.id, r.label, r.width, r.height, r.image.clone()))
             .collect()

@@ -159,7 +159,7 @@ pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
     let m = mode.name();
     if data.rows == 0 {
         return Err(Error::invalid(format!(
-            "--mode {m}: the training shards hold no rows; re-run `fewlabels shard`"
+            "mode {m}: the training shards hold no rows; re-run `fewlabels shard`"
         )));
     }
     let classes = data.class_names.len() as i64;
@@ -167,11 +167,11 @@ pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
         RealLabels::FromData => {
             if data.labelled < data.rows {
                 let what = match mode.labels_needed() {
-                    LabelsNeeded::PseudoLabels => "a pseudo-label for every image: build the shards with `fewlabels shard --pseudo-labels DIR` (from `pseudo-label`)",
+                    LabelsNeeded::PseudoLabels => "a pseudo-label for every image: build the shards from the output of `pseudo-label`",
                     _ => "a true label for every image: build the shards from fully labelled images (`fewlabels shard` without a labelled subset)",
                 };
                 return Err(Error::invalid(format!(
-                    "--mode {m}: {} of {} training rows have no label; this mode needs {what}",
+                    "mode {m}: {} of {} training rows have no label; this mode needs {what}",
                     data.rows - data.labelled,
                     data.rows
                 )));
@@ -180,7 +180,7 @@ pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
         RealLabels::CoTraining => {
             if data.labelled == 0 {
                 return Err(Error::invalid(format!(
-                    "--mode {m}: no training row has a label; co-training needs the labelled subset: build the shards with `fewlabels shard --labels DIR` (from `sample-labels`)"
+                    "mode {m}: no training row has a label; co-training needs the labelled subset: build the shards with the labels `sample-labels` keeps"
                 )));
             }
         }
@@ -189,12 +189,12 @@ pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
     }
     if classes < 1 {
         return Err(Error::invalid(format!(
-            "--mode {m}: the training shards carry no class names (schema metadata `fewlabels.class_names`); re-run `fewlabels shard`"
+            "mode {m}: the training shards carry no class names (schema metadata `fewlabels.class_names`); re-run `fewlabels shard`"
         )));
     }
     if data.max_label > classes {
         return Err(Error::invalid(format!(
-            "--mode {m}: labels go up to {} but the shards name only {classes} classes; re-run `fewlabels shard`",
+            "mode {m}: labels go up to {} but the shards name only {classes} classes; re-run `fewlabels shard`",
             data.max_label - 1
         )));
     }
@@ -219,7 +219,7 @@ mod tests {
     fn modes_say_what_is_missing() {
         let e = check(GanMode::S2gan, &data(10, 3)).expect_err("unlabelled rows");
         assert!(e.to_string().contains("7 of 10"), "{e}");
-        assert!(e.to_string().contains("--pseudo-labels"), "{e}");
+        assert!(e.to_string().contains("output of `pseudo-label`"), "{e}");
         let e = check(GanMode::S3gan, &data(10, 0)).expect_err("no labels");
         assert!(e.to_string().contains("sample-labels"), "{e}");
         check(GanMode::S3gan, &data(10, 1)).expect("subset is enough");

@@ -24,13 +24,13 @@ impl RotationLayout {
     pub fn new(batch: i64, rotated_batch_fraction: i64) -> Result<Self> {
         if rotated_batch_fraction <= 0 || batch % rotated_batch_fraction != 0 {
             return Err(Error::invalid(format!(
-                "--rotated-batch-fraction {rotated_batch_fraction} must divide --batch-size {batch}"
+                "rotated batch fraction {rotated_batch_fraction} must divide the batch size {batch}"
             )));
         }
         let n = batch / rotated_batch_fraction / NUM_ROTATIONS;
         if n == 0 {
             return Err(Error::invalid(format!(
-                "--batch-size {batch} / --rotated-batch-fraction {rotated_batch_fraction} leaves no image to rotate (needs at least 4)"
+                "batch size {batch} / rotated batch fraction {rotated_batch_fraction} leaves no image to rotate (needs at least 4)"
             )));
         }
         Ok(RotationLayout { batch, n })

@@ -76,7 +76,7 @@ impl LoadedGenerator {
         if let Some(c) = class {
             if c < 0 || c >= n_classes {
                 return Err(Error::invalid(format!(
-                    "--class {c}: this generator has classes 0..{}",
+                    "class {c}: this generator has classes 0..{}",
                     n_classes - 1
                 )));
             }

@@ -418,7 +418,7 @@ pub fn train(
     let res = cfg.model.resolution as usize;
     if h != w || h % res != 0 {
         return Err(Error::invalid(format!(
-            "the training images are {w}x{h} but --resolution is {res}; prepare the images with `--size {res}` (or a multiple of it)"
+            "the training images are {w}x{h} but the model's resolution is {res}: it needs square images of {res} (or a multiple of it)"
         )));
     }
     let factor = (h / res) as i64;

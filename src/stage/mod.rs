@@ -360,7 +360,8 @@ impl StageRun {
                     .filter(|e| {
                         let n = e.file_name();
                         let n = n.to_string_lossy();
-                        !is_bookkeeping(&n) && !(n.starts_with('.') && n.ends_with(".tmp"))
+                        let temp = n.starts_with('.') && n.ends_with(".tmp");
+                        !(is_bookkeeping(&n) || temp)
                     })
                     .count()
             })

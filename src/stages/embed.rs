@@ -20,7 +20,7 @@ use crate::manifest::Manifest;
 use crate::models::resnet::SavedModel;
 use crate::progress;
 use crate::shard::{image_bytes, schema, table_files, TableReader, TableWriter};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::loader::{Loader, LoaderConfig};
 
@@ -86,18 +86,6 @@ impl Stage for Embed {
             return Err(ParamError::new("pixels-size", "must be between 1 and 1024"));
         }
         Ok(())
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        let mut v: Vec<Input> = dirs
-            .get(&IMAGES)
-            .map(|d| Input::stage(d, StageName::Prepare))
-            .into_iter()
-            .collect();
-        if let Some(m) = dirs.get(&MODEL) {
-            v.push(Input::stage(m, StageName::Pretrain));
-        }
-        v
     }
 
     /// Embeds every image; without a model, as raw pixels.

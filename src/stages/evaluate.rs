@@ -30,7 +30,7 @@ use crate::metrics::fid::{
 use crate::metrics::inception::{self, Inception};
 use crate::progress;
 use crate::shard::{image_bytes, table_files, TableReader};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// Files this stage writes.
@@ -184,20 +184,6 @@ impl Stage for Evaluate {
             ));
         }
         Ok(())
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        let mut v: Vec<Input> = Self::sources(dirs)
-            .iter()
-            .map(|s| match s {
-                Source::Gan(d) => Input::stage(d, StageName::TrainGan),
-                Source::Table(d) => Input::stage(d, StageName::Prepare),
-            })
-            .collect();
-        if let Some(r) = dirs.get(&REFERENCE) {
-            v.push(Input::stage(r, StageName::Prepare));
-        }
-        v
     }
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {

@@ -157,6 +157,14 @@ impl RunDirs {
         self.slots.get(slot.flag).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// Every folder given for `slots`, as the stage inputs they are.
+    pub fn stage_inputs(&self, slots: &[Slot]) -> Vec<Input> {
+        slots
+            .iter()
+            .flat_map(|s| self.all(s).iter().map(move |d| Input::stage(d, s.stage)))
+            .collect()
+    }
+
     /// The folder of a required slot.
     pub fn need(&self, slot: &Slot) -> Result<&Path> {
         self.get(slot).ok_or_else(|| {
@@ -270,8 +278,12 @@ pub trait Stage: 'static {
         Ok(())
     }
 
-    /// What the stage reads, for fingerprinting (by `execute` and by `run --plan`).
-    fn inputs(dirs: &RunDirs, params: &Self::Params) -> Vec<Input>;
+    /// What the stage reads, for fingerprinting (by `execute` and by `run
+    /// --plan`): by default the folders of its slots.
+    fn inputs(dirs: &RunDirs, params: &Self::Params) -> Vec<Input> {
+        let _ = params;
+        dirs.stage_inputs(Self::SLOTS)
+    }
 
     /// Writes the stage's outputs into `run.dir` (its manifest follows).
     fn run(dirs: &RunDirs, params: &Self::Params, exec: &Exec, run: &mut StageRun) -> Result<()>;

@@ -590,8 +590,7 @@ fn merge_body(run: &mut StageRun, slices: &[PathBuf]) -> Result<()> {
         }
     }
     // The single run's order: by chunk, images before rejects.
-    outputs
-        .sort_by(|a, b| (a.0, !a.1.starts_with("images")).cmp(&(b.0, !b.1.starts_with("images"))));
+    outputs.sort_by_key(|a| (a.0, !a.1.starts_with("images")));
     for (_, rel, src, rows, checksum) in outputs {
         let dst = run.dir.join(&rel);
         let tmp = crate::fsutil::temp_path(&dst);

@@ -32,7 +32,7 @@ use crate::manifest::Manifest;
 use crate::models::resnet::{rotate4, Arch, RotationNet, SavedModel, MODEL_INFO, MODEL_WEIGHTS};
 use crate::progress;
 use crate::shard::{schema, shard_schema, table_files, TableReader};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, in_range, positive, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::checkpoint::{load_variables, named_variables, Checkpoints};
 use crate::train::loader::{Loader, LoaderConfig};
@@ -229,18 +229,6 @@ impl Stage for Pretrain {
 
     fn check(dirs: &RunDirs, params: &Params) -> Result<()> {
         Self::objective(dirs, params).map(|_| ())
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        let mut v: Vec<Input> = dirs
-            .get(&IMAGES)
-            .map(|d| Input::stage(d, StageName::Prepare))
-            .into_iter()
-            .collect();
-        if let Some(l) = dirs.get(&LABELS) {
-            v.push(Input::stage(l, StageName::SampleLabels));
-        }
-        v
     }
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {

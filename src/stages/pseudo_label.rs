@@ -31,7 +31,7 @@ use crate::manifest::Manifest;
 use crate::metrics::clustering::{self, Contingency};
 use crate::progress;
 use crate::shard::{schema, TableReader, TableWriter};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, in_range, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// How labels are made.
@@ -124,20 +124,6 @@ impl Stage for PseudoLabel {
     fn validate(p: &Params) -> Result<(), ParamError> {
         at_least("max-iter", p.max_iter as u64, 1)?;
         in_range("tol", p.tol, 0.0, f64::MAX)
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        let mut v = Vec::new();
-        if let Some(f) = dirs.get(&FEATURES) {
-            v.push(Input::stage(f, StageName::Embed));
-        }
-        if let Some(i) = dirs.get(&TRUTH) {
-            v.push(Input::stage(i, StageName::Prepare));
-        }
-        if let Some(l) = dirs.get(&LABELS) {
-            v.push(Input::stage(l, StageName::SampleLabels));
-        }
-        v
     }
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {

@@ -88,11 +88,7 @@ impl Stage for SampleLabels {
 
     /// The images table and, with `from`, the user's list.
     fn inputs(dirs: &RunDirs, params: &Params) -> Vec<Input> {
-        let mut ins: Vec<Input> = dirs
-            .get(&IMAGES)
-            .map(|d| Input::stage(d, StageName::Prepare))
-            .into_iter()
-            .collect();
+        let mut ins = dirs.stage_inputs(Self::SLOTS);
         if let Some(list) = &params.from {
             ins.push(Input::Path(list.clone()));
         }

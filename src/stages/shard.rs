@@ -30,7 +30,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::progress;
 use crate::shard::{schema, ShardFile, TableReader, TableWriter};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
 const NAME: StageName = StageName::Shard;
@@ -95,20 +95,6 @@ impl Stage for Shard {
 
     fn validate(p: &Params) -> Result<(), ParamError> {
         at_least("rows-per-shard", p.rows_per_shard as u64, 1)
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        let mut v: Vec<Input> = dirs
-            .get(&IMAGES)
-            .map(|d| Input::stage(d, StageName::Prepare))
-            .into_iter()
-            .collect();
-        match label_source(dirs) {
-            LabelSource::PseudoLabels(d) => v.push(Input::stage(d, StageName::PseudoLabel)),
-            LabelSource::Labels(d) => v.push(Input::stage(d, StageName::SampleLabels)),
-            LabelSource::TrueLabels => {}
-        }
-        v
     }
 
     fn run(dirs: &RunDirs, params: &Params, _: &Exec, run: &mut StageRun) -> Result<()> {

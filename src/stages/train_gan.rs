@@ -19,7 +19,7 @@ use crate::manifest::Manifest;
 use crate::models::biggan::Config;
 use crate::shard::schema::class_names_of;
 use crate::shard::{shard_schema, table_files, TableReader};
-use crate::stage::{Input, StageName, StageRun};
+use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, in_range, positive, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 pub use crate::gan::modes::{GanMode, LabelsNeeded};
@@ -213,6 +213,24 @@ impl Stage for TrainGan {
             p.rotated_batch_fraction.max(0) as u64,
             1,
         )?;
+        if p.mode.rotation() {
+            // The rotated part of a batch: batch / fraction images, 4 rotations each.
+            if p.batch_size % p.rotated_batch_fraction != 0 {
+                return Err(ParamError::new(
+                    "rotated-batch-fraction",
+                    format!("must divide batch-size ({})", p.batch_size),
+                ));
+            }
+            if p.batch_size / p.rotated_batch_fraction < 4 {
+                return Err(ParamError::new(
+                    "rotated-batch-fraction",
+                    format!(
+                        "leaves fewer than 4 of batch-size {} to rotate (one per angle)",
+                        p.batch_size
+                    ),
+                ));
+            }
+        }
         in_range("weight-rotation-d", p.weight_rotation_d, 0.0, f64::MAX)?;
         in_range("weight-rotation-g", p.weight_rotation_g, 0.0, f64::MAX)?;
         in_range("weight-class", p.weight_class, 0.0, f64::MAX)?;
@@ -223,13 +241,6 @@ impl Stage for TrainGan {
         at_least("standing-batches", p.standing_batches as u64, 1)?;
         at_least("grid-rows", p.grid_rows.max(0) as u64, 1)?;
         at_least("grid-cols", p.grid_cols.max(0) as u64, 1)
-    }
-
-    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
-        dirs.get(&DATA)
-            .map(|d| Input::stage(d, StageName::Shard))
-            .into_iter()
-            .collect()
     }
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
@@ -356,6 +367,13 @@ pub fn generate_main(cli: GenerateCli) -> Result<()> {
     device::set_threads(cli.exec.threads);
     let device = cli.exec.device.resolve()?;
     let g = load_generator(&cli.gan, cli.seed, device)?;
+    let n_classes = g.g.cfg.n_classes;
+    if let Some(c) = cli.class.filter(|c| *c < 0 || *c >= n_classes) {
+        return Err(Error::usage(format!(
+            "--class {c}: this generator has classes 0..{}",
+            n_classes - 1
+        )));
+    }
     fs::create_dir_all(&cli.output).at(&cli.output)?;
     let bar = crate::progress::bar(cli.count as u64, "images");
     let mut csv = String::from("file,label,class_name\n");

@@ -142,7 +142,9 @@ impl Loader {
             blocks: Vec::new(),
             kept: Vec::new(),
         };
-        let mut first_image: Option<(PathBuf, u64, Vec<u8>, Option<(usize, usize)>)> = None;
+        // The first image seen: its file, id, bytes and (h, w) when raw.
+        type FirstImage = (PathBuf, u64, Vec<u8>, Option<(usize, usize)>);
+        let mut first_image: Option<FirstImage> = None;
         for (fi, path) in source.files.iter().enumerate() {
             let reader = open_shard(path, None)?;
             let schema = reader.schema();

@@ -116,7 +116,7 @@ impl Optimizer {
             .iter()
             .map(|(_, p)| {
                 let n = match cfg {
-                    OptimConfig::Sgd { momentum, .. } if momentum == 0.0 => 0,
+                    OptimConfig::Sgd { momentum: 0.0, .. } => 0,
                     OptimConfig::Sgd { .. } => 1,
                     OptimConfig::Adam { .. } => 2,
                 };
@@ -216,7 +216,7 @@ impl Optimizer {
 
     fn state_names(&self) -> &'static [&'static str] {
         match self.cfg {
-            OptimConfig::Sgd { momentum, .. } if momentum == 0.0 => &[],
+            OptimConfig::Sgd { momentum: 0.0, .. } => &[],
             OptimConfig::Sgd { .. } => &["momentum"],
             OptimConfig::Adam { .. } => &["exp_avg", "exp_avg_sq"],
         }
