@@ -224,6 +224,18 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
                 .ends_with("reference"),
             "{name}: FID against the validation images"
         );
+        // Class consistency by the route's own pretrain head, where it has one.
+        let consistency = scores["sources"][0]["class_consistency"].as_f64();
+        if name == "imagenet-s2gan" {
+            let c = consistency.expect("s2gan: the S2L head judges the samples");
+            assert!((0.0..=1.0).contains(&c), "{name}: {c}");
+            assert!(
+                scores["classifier_accuracy"]["accuracy"].is_number(),
+                "{name}"
+            );
+        } else {
+            assert_eq!(consistency, None, "{name}: no class head to judge with");
+        }
         let gan: serde_json::Value =
             serde_json::from_slice(&fs::read(run_dir.join("gan").join("_stage.json")).unwrap())
                 .unwrap();
