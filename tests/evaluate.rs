@@ -52,16 +52,21 @@ fn write_table(dir: &Path, images: &[Vec<u8>]) -> PathBuf {
     for (i, g) in images.iter().enumerate() {
         fs::write(folder.join(format!("{i:05}.png")), png(g)).unwrap();
     }
+    prepare_28(&folder, dir);
+    folder
+}
+
+/// `prepare` of `input` (a folder or IDX file) into `output` at 28x28.
+fn prepare_28(input: &Path, output: &Path) {
     common::ok_json(&[
         "prepare",
         "--input",
-        s(&folder),
+        s(input),
         "--size",
         "28",
         "--output",
-        s(dir),
+        s(output),
     ]);
-    folder
 }
 
 /// Adds Gaussian noise of standard deviation `sigma` (grey levels), clamped to 0..255.
@@ -568,15 +573,7 @@ fn reference_limit_samples_every_class_of_a_class_sorted_table() {
     }
     assert!(per_class.iter().all(|&n| n == 12), "{per_class:?}");
     let reference = tmp.path().join("ref");
-    common::ok_json(&[
-        "prepare",
-        "--input",
-        s(&folders),
-        "--size",
-        "28",
-        "--output",
-        s(&reference),
-    ]);
+    prepare_28(&folders, &reference);
     let samples = tmp.path().join("samples");
     write_table(&samples, &fashion_mnist("train-images-idx3-ubyte.gz", 20));
     let out = tmp.path().join("eval");
@@ -678,15 +675,7 @@ fn class_consistency_is_high_for_real_images_of_a_class_and_chance_for_noise() {
 
     let table = |idx: &Path, name: &str| {
         let dir = tmp.path().join(format!("{name}-table"));
-        common::ok_json(&[
-            "prepare",
-            "--input",
-            s(idx),
-            "--size",
-            "28",
-            "--output",
-            s(&dir),
-        ]);
+        prepare_28(idx, &dir);
         dir
     };
     let (reference, trousers, noisy) = (
