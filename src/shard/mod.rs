@@ -1,5 +1,6 @@
 //! Arrow IPC shard I/O: streaming writers that finish each file atomically
 //! and readers that iterate record batches across a stage's shard files.
+pub mod mapped;
 pub mod schema;
 
 use std::fs::File;
