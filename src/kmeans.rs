@@ -41,13 +41,12 @@ pub enum Init {
     /// k-means++ for up to 100 clusters, k-means|| above.
     #[default]
     Auto,
-    /// Greedy k-means++ (Arthur and Vassilvitskii 2007; 2 + ln k trials per
-    /// pick, as scikit-learn): k passes over the training points.
+    /// k-means++ (Arthur and Vassilvitskii 2007): k passes over the data.
     #[value(name = "kmeans++")]
     #[serde(rename = "kmeans++")]
     KmeansPlusPlus,
     /// k-means|| (Bahmani et al. 2012) on a sample of 32 points per cluster: 5
-    /// rounds oversampling k points each, then weighted greedy k-means++ on the candidates.
+    /// rounds oversampling k points each, then weighted k-means++ on the candidates.
     #[value(name = "kmeans-parallel")]
     KmeansParallel,
     /// k distinct points drawn uniformly (faiss's default).
@@ -89,6 +88,11 @@ const DEVICE_CHUNK_ELEMENTS: usize = 32 << 20;
 /// On CUDA the training points are uploaded once when they take at most this
 /// many bytes, else streamed chunk by chunk on every pass.
 const DEVICE_CACHE_BYTES: usize = 8 << 30;
+/// k-means|| reads its candidates' distances from one candidates x
+/// candidates product when it has at most this many elements (256 MB).
+const PAIRWISE_MAX_ELEMENTS: usize = 1 << 26;
+/// Cluster sums over fewer values than this run on one thread.
+const PARALLEL_SUMS_ABOVE: usize = 1 << 24;
 /// Salt of the subsample's random stream (so it differs from the seeding's).
 const SAMPLE_SALT: u64 = 0x7375_6273_616d_706c;
 
@@ -319,7 +323,12 @@ pub fn fit_points(points: &Points, cfg: &Config) -> Result<Clustering> {
     if !(cfg.tol >= 0.0 && cfg.tol.is_finite()) {
         return Err(Error::invalid(format!("tol = {}: need >= 0", cfg.tol)));
     }
+    let t0 = Instant::now();
     check_finite(points)?;
+    tracing::debug!(
+        "k-means: {n} points checked in {:.3} s",
+        t0.elapsed().as_secs_f64()
+    );
     let (backend, init) = resolve(cfg, n, d);
     let t0 = Instant::now();
     let m = cfg.train_points(n);
@@ -612,20 +621,24 @@ fn rust_sums(x: &Points, labels: &[u32], k: usize) -> (Vec<f64>, Vec<u64>) {
         }
     }
     let blocks = d.div_ceil(COLS);
-    let parts: Vec<Vec<f64>> = (0..k * blocks)
-        .into_par_iter()
-        .map(|t| {
-            let (c, b) = (t / blocks, t % blocks);
-            let (c0, c1) = (b * COLS, ((b + 1) * COLS).min(d));
-            let mut acc = vec![0f64; c1 - c0];
-            for row in &rows[start[c]..start[c + 1]] {
-                for (a, v) in acc.iter_mut().zip(&row[c0..c1]) {
-                    *a += *v as f64;
-                }
+    let task = |t: usize| {
+        let (c, b) = (t / blocks, t % blocks);
+        let (c0, c1) = (b * COLS, ((b + 1) * COLS).min(d));
+        let mut acc = vec![0f64; c1 - c0];
+        for row in &rows[start[c]..start[c + 1]] {
+            for (a, v) in acc.iter_mut().zip(&row[c0..c1]) {
+                *a += *v as f64;
             }
-            acc
-        })
-        .collect();
+        }
+        acc
+    };
+    // Small sums on this thread: waking rayon right after a libtorch product
+    // costs more than they do (libtorch's OpenMP workers spin for a while).
+    let parts: Vec<Vec<f64>> = if labels.len() * d < PARALLEL_SUMS_ABOVE {
+        (0..k * blocks).map(task).collect()
+    } else {
+        (0..k * blocks).into_par_iter().map(task).collect()
+    };
     let mut sums = vec![0f64; k * d];
     for (t, part) in parts.into_iter().enumerate() {
         let (c, b) = (t / blocks, t % blocks);
@@ -695,9 +708,12 @@ impl<'p, 'a> TorchNearest<'p, 'a> {
         (elements / m.max(1)).clamp(256, 65_536)
     }
 
-    /// `-2 c^T` (d x m) and `|c|^2` (1 x m) on the device, so that one addmm
-    /// gives `|c|^2 - 2 x.c`: the squared distance less `|x|^2`, which is the
-    /// same for every center, so nearest centers are found without it.
+    /// `-2 c^T` (d x m, a transposed view of m x d) and `|c|^2` (1 x m) on the
+    /// device, so that one addmm gives `|c|^2 - 2 x.c`: the squared distance
+    /// less `|x|^2`, which is the same for every center, so nearest centers
+    /// are found without it. The view, not a contiguous copy: MKL's product
+    /// with few centers (k = 10) ran 3.6x faster with it on this machine
+    /// (2560 x 3072 x 10, one thread: 17 ms vs 62 ms).
     fn centers(&self, centers: &[f32], m: usize) -> Result<(Tensor, Tensor)> {
         let d = self.x.dim();
         let c = Tensor::f_from_slice(centers)?
@@ -707,7 +723,7 @@ impl<'p, 'a> TorchNearest<'p, 'a> {
         let cn = Tensor::f_from_slice(&cn)?
             .f_view([1, m as i64])?
             .f_to_device(self.device)?;
-        Ok((c.f_tr()?.f_mul_scalar(-2.0)?.f_contiguous()?, cn))
+        Ok((c.f_mul_scalar(-2.0)?.f_contiguous()?.f_tr()?, cn))
     }
 
     /// Calls `f(first row, chunk on the device)` for chunks of at most
@@ -895,23 +911,41 @@ impl Oracle {
     }
 }
 
-/// Greedy weighted k-means++ (scikit-learn's `_kmeans_plusplus`): each pick
-/// draws `2 + ln k` candidates with probability proportional to weight x
-/// squared distance to the nearest pick so far, and keeps the one that
-/// lowers the total most. Returns the picked point indices.
+/// Squared distances from every point of a set to some of its points, one
+/// vector of n per point asked for.
+type DistTo<'f> = dyn FnMut(&[usize]) -> Result<Vec<Vec<f32>>> + 'f;
+
+/// [`DistTo`] by products against the points' rows.
+fn dist_by_oracle<'f>(
+    x: &'f Points,
+    oracle: &'f dyn Nearest,
+) -> impl FnMut(&[usize]) -> Result<Vec<Vec<f32>>> + 'f {
+    move |idx| {
+        let m = idx.len();
+        let rows: Vec<f32> = idx.iter().flat_map(|&i| x.row(i)).copied().collect();
+        let d = oracle.dists(&rows, m)?;
+        Ok((0..m)
+            .map(|j| d.iter().skip(j).step_by(m).copied().collect())
+            .collect())
+    }
+}
+
+/// Greedy weighted k-means++ (scikit-learn's `_kmeans_plusplus`) over `n`
+/// points: each pick draws `2 + ln k` candidates with probability
+/// proportional to weight x squared distance to the nearest pick so far, and
+/// keeps the one that lowers the total most. Returns the picked indices.
 fn kmeans_pp(
-    x: &Points,
-    oracle: &dyn Nearest,
+    n: usize,
+    dist_to: &mut DistTo,
     weights: Option<&[f64]>,
     k: usize,
     rng: &mut ChaCha8Rng,
 ) -> Result<Vec<usize>> {
-    let n = oracle.n();
     let w = |i: usize| weights.map_or(1.0, |w| w[i]);
     let trials = 2 + (k as f64).ln() as usize;
     let first = draw_from(&prefix_sums((0..n).map(w)), rng).unwrap_or(0);
     let mut picks = vec![first];
-    let mut best = oracle.dists(x.row(first), 1)?;
+    let mut best = dist_to(&[first])?.swap_remove(0);
     while picks.len() < k {
         let prefix = prefix_sums((0..n).map(|i| w(i) * best[i] as f64));
         let mut cands: Vec<usize> = Vec::with_capacity(trials);
@@ -923,23 +957,19 @@ fn kmeans_pp(
         }
         if cands.is_empty() {
             // Every point sits on a pick: take the lowest unpicked index.
-            let next = (0..n).find(|i| !picks.contains(i)).unwrap_or(0);
-            picks.push(next);
-            let d = oracle.dists(x.row(next), 1)?;
-            for (b, v) in best.iter_mut().zip(d) {
-                *b = b.min(v);
-            }
-            continue;
+            cands.push((0..n).find(|i| !picks.contains(i)).unwrap_or(0));
         }
-        let rows: Vec<f32> = cands.iter().flat_map(|&i| x.row(i)).copied().collect();
-        let m = cands.len();
-        let dist = oracle.dists(&rows, m)?;
-        // Each candidate's total, summed in point order.
-        let totals: Vec<f64> = (0..m)
-            .into_par_iter()
-            .map(|j| {
-                (0..n)
-                    .map(|i| w(i) * best[i].min(dist[i * m + j]) as f64)
+        let dist = dist_to(&cands)?;
+        // Each candidate's total, summed in point order. On this thread: a
+        // rayon pass right after libtorch's product would wait for its
+        // OpenMP workers to stop spinning, far longer than the sums take.
+        let totals: Vec<f64> = dist
+            .iter()
+            .map(|dj| {
+                best.iter()
+                    .zip(dj)
+                    .enumerate()
+                    .map(|(i, (b, v))| w(i) * b.min(*v) as f64)
                     .sum()
             })
             .collect();
@@ -950,8 +980,8 @@ fn kmeans_pp(
             }
         }
         picks.push(cands[j]);
-        for (i, b) in best.iter_mut().enumerate() {
-            *b = b.min(dist[i * m + j]);
+        for (b, v) in best.iter_mut().zip(&dist[j]) {
+            *b = b.min(*v);
         }
     }
     Ok(picks)
@@ -1017,9 +1047,26 @@ fn kmeans_parallel(
         }
     }
     let cx = x.gather(&cands);
+    let c = cands.len();
     let cp = Points::contiguous(&cx, x.dim())?;
     let inner = kind.build(&cp)?;
-    let picks = kmeans_pp(&cp, inner.as_ref(), Some(&weights), k, rng)?;
+    let picks = if c * c <= PAIRWISE_MAX_ELEMENTS {
+        // Every candidate-to-candidate distance in one product (c x c): the
+        // picks then read rows of it, where one product per pick multiplies
+        // a few columns at a time (k such products, badly shaped for BLAS).
+        let all = inner.dists(&cx, c)?;
+        // Row j: every candidate's distance to candidate j (by symmetry).
+        let mut rows = |idx: &[usize]| -> Result<Vec<Vec<f32>>> {
+            Ok(idx
+                .iter()
+                .map(|&j| all[j * c..(j + 1) * c].to_vec())
+                .collect())
+        };
+        kmeans_pp(c, &mut rows, Some(&weights), k, rng)?
+    } else {
+        let mut by_oracle = dist_by_oracle(&cp, inner.as_ref());
+        kmeans_pp(c, &mut by_oracle, Some(&weights), k, rng)?
+    };
     Ok(cp.gather(&picks))
 }
 
@@ -1050,7 +1097,7 @@ fn initial_centroids(
         }
         Init::KmeansParallel => kmeans_parallel(x, oracle, k, seed, &mut rng, kind),
         Init::KmeansPlusPlus | Init::Auto => {
-            let picks = kmeans_pp(x, oracle, None, k, &mut rng)?;
+            let picks = kmeans_pp(n, &mut dist_by_oracle(x, oracle), None, k, &mut rng)?;
             Ok(x.gather(&picks))
         }
     }
@@ -1158,6 +1205,12 @@ fn fit_runs(
             .as_ref()
             .map_or(f64::NAN, |t| t.d1.iter().map(|&v| v as f64).sum());
         iterate_seconds += t1.elapsed().as_secs_f64();
+        tracing::debug!(
+            "k-means run {r}: seeded in {:.3} s, {} iterations in {:.3} s, training inertia {inertia}",
+            t1.duration_since(t0).as_secs_f64(),
+            run.iterations,
+            t1.elapsed().as_secs_f64()
+        );
         if kept.as_ref().is_none_or(|(best, _, _)| inertia < *best) {
             kept = Some((inertia, r, run));
         }
@@ -1260,7 +1313,7 @@ fn fit_linfa(points: &Points, train: &Points, cfg: &Config, init: Init) -> Resul
     // linfa takes one matrix; small problems only, so a copy is cheap.
     let whole: Vec<f32>;
     let x: &[f32] = match train.blocks.as_slice() {
-        [one] => *one,
+        [one] => one,
         _ => {
             whole = train.gather(&(0..m).collect::<Vec<_>>());
             &whole

@@ -127,7 +127,8 @@ def compare(path):
     for (s, what), j in sorted(best.items()):
         base = best.get((s, "faiss"))
         ratio = f"{j['seconds'] / base['seconds']:.2f}x faiss" if base else ""
-        print(f"{s:>10} {what:<50} {j['seconds']:8.2f} s  NMI {j['nmi']:.4f}  {ratio}")
+        nmi = f"NMI {j['nmi']:.4f}" if j.get("nmi") is not None else ""
+        print(f"{s:>14} {what:<44} {j['seconds']:8.2f} s  {nmi:<11} {ratio}")
 
 
 if __name__ == "__main__":

@@ -291,8 +291,7 @@ pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
         logits: None,
     };
     for file in table_files(features, &m, "features") {
-        let (_, batches) = mapped::map_batches(&file, None)?;
-        for batch in batches {
+        for batch in mapped::map_file(&file, None)?.batches {
             out.ids.extend(
                 tables::u64_column(&batch, "id", &file)?
                     .values()
