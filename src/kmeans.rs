@@ -827,13 +827,21 @@ impl Nearest for TorchNearest<'_, '_> {
         self.partials(centers, m, |s, p| {
             let len = p.size()[0] as usize;
             if m >= 2 {
-                let (v, a) = p.f_topk(2, 1, false, true)?;
-                let (v, a): (Vec<f32>, Vec<i64>) = (to_vec(&v)?, to_vec(&a)?);
+                // The nearest, then the nearest of the rest: two vectorised
+                // min passes (libtorch's topk sorts a copy of every row, which
+                // cost a third of the matrix product at k = 1000).
+                let (v1, a1) = p.f_min_dim(1, false)?;
+                let inf = Tensor::f_from_slice(&[f32::INFINITY])?.f_to_device(self.device)?;
+                let mut q = p.shallow_clone();
+                let _ = q.f_scatter_(1, &a1.f_unsqueeze(1)?, &inf.f_expand([len as i64, 1], false)?)?;
+                let v2 = q.f_amin(1, false)?;
+                let (v1, a1, v2): (Vec<f32>, Vec<i64>, Vec<f32>) =
+                    (to_vec(&v1)?, to_vec(&a1)?, to_vec(&v2)?);
                 for i in 0..len {
                     let xn = norms[s + i];
-                    t.arg[s + i] = a[2 * i] as u32;
-                    t.d1[s + i] = (v[2 * i] + xn).max(0.0);
-                    t.d2[s + i] = (v[2 * i + 1] + xn).max(0.0);
+                    t.arg[s + i] = a1[i] as u32;
+                    t.d1[s + i] = (v1[i] + xn).max(0.0);
+                    t.d2[s + i] = (v2[i] + xn).max(0.0);
                 }
             } else {
                 let v: Vec<f32> = to_vec(p)?;
