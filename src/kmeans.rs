@@ -833,7 +833,11 @@ impl Nearest for TorchNearest<'_, '_> {
                 let (v1, a1) = p.f_min_dim(1, false)?;
                 let inf = Tensor::f_from_slice(&[f32::INFINITY])?.f_to_device(self.device)?;
                 let mut q = p.shallow_clone();
-                let _ = q.f_scatter_(1, &a1.f_unsqueeze(1)?, &inf.f_expand([len as i64, 1], false)?)?;
+                let _ = q.f_scatter_(
+                    1,
+                    &a1.f_unsqueeze(1)?,
+                    &inf.f_expand([len as i64, 1], false)?,
+                )?;
                 let v2 = q.f_amin(1, false)?;
                 let (v1, a1, v2): (Vec<f32>, Vec<i64>, Vec<f32>) =
                     (to_vec(&v1)?, to_vec(&a1)?, to_vec(&v2)?);
