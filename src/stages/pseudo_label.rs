@@ -290,7 +290,13 @@ pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
         batches: Vec::new(),
         logits: None,
     };
-    for file in table_files(features, &m, "features") {
+    let files = table_files(features, &m, "features");
+    // k-means reads every page: start reading them all in before the first
+    // fault (the page cache may have dropped the files since `embed`).
+    for file in &files {
+        mapped::prefetch(file)?;
+    }
+    for file in files {
         for batch in mapped::map_file(&file, None)?.batches {
             out.ids.extend(
                 tables::u64_column(&batch, "id", &file)?
