@@ -9,6 +9,8 @@ point's label, in its own process, and prints one JSON line:
                                                the real `fewlabels pseudo-label` command,
                                                wall clock of the whole process
   peers.py compare LINES.jsonl                 the better of each contender's runs, and ratios
+  peers.py cache warm|cold FEATURES            before a contender: read the features files into
+                                               the page cache, or drop them from it
 
 FEATURES and IMAGES are stage folders (`embed` and `prepare` outputs); the
 true labels for the NMI come from IMAGES, read after the clock stops.
@@ -66,6 +68,8 @@ def main():
         return
     if what == "compare":
         return compare(sys.argv[2])
+    if what == "cache":
+        return cache(sys.argv[2], sys.argv[3])
     if what == "stage":
         binary, features, images, k, seed, out = sys.argv[2:8]
         shutil.rmtree(out, ignore_errors=True)
@@ -111,6 +115,23 @@ def main():
         raise SystemExit(f"unknown peer {what}")
     print(json.dumps({"what": what, "n": x.shape[0], "d": x.shape[1], "k": k, "seed": seed,
                       "seconds": secs, "read_seconds": read, "nmi": nmi(images, labels), **extra}))
+
+
+def cache(how, features):
+    """Every contender starts from the same page cache: this machine's
+    kernel reclaims idle file pages within minutes, so without this the
+    first contender of a round would pay for the disk and the next not."""
+    for f in sorted(glob.glob(os.path.join(features, "features-*.arrow"))):
+        if how == "warm":
+            with open(f, "rb") as fh:
+                while fh.read(1 << 24):
+                    pass
+        elif how == "cold":
+            fd = os.open(f, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+        else:
+            raise SystemExit(f"unknown cache state {how}")
 
 
 def compare(path):

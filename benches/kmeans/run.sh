@@ -13,7 +13,9 @@
 # Env: BENCH_PROFILE (benches/env.sh), KMEANS_BENCH_DIR (data), KMEANS_BENCH_RUNS (2),
 # KMEANS_BENCH_PREPARE_ONLY=1 (build and make the data, time nothing: run that
 # with `heavy`, then the timing with `bench-alone`), KMEANS_BENCH_SKLEARN_BLOBS
-# (runs of scikit-learn on the blobs, 1: it takes minutes).
+# (runs of scikit-learn on the blobs, 1: it takes minutes), KMEANS_BENCH_CACHE
+# (warm: the features files are read into the page cache before each contender,
+# default; cold: dropped from it, so each contender reads them from disk).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 top=$(cd "$here/../.." && pwd)
@@ -22,6 +24,7 @@ py=${FEWLABELS_PYTHON:?run make setup first}
 out=${KMEANS_BENCH_DIR:-$CARGO_TARGET_DIR/bench-kmeans}
 runs=${KMEANS_BENCH_RUNS:-2}
 sk_blobs=${KMEANS_BENCH_SKLEARN_BLOBS:-1}
+cache=${KMEANS_BENCH_CACHE:-warm}
 parts=${*:-fashion blobs project}
 mkdir -p "$out"
 cd "$top"
@@ -41,12 +44,13 @@ bl=$out/blobs
   "$bin" stage-folders --data "$out/X.f32" --labels "$out/y.i64" --n 100000 --d 512 --out "$bl" >&2
 [ "${KMEANS_BENCH_PREPARE_ONLY:-0}" = 1 ] && exit 0
 
-lines=$out/lines.jsonl
+lines=$out/lines-$cache.jsonl
 : > "$lines"
 # Tags each JSON line with its data set, keeps it for the table, and shows it.
-tag() { sed -u "s/^{/{\"set\": \"$1\", /" | tee -a "$lines"; }
-ours() { "$py" "$here/peers.py" stage "$FL_BIN" "$1/features" "$1/images" "$2" 0 "$out/pl-$3"; }
-peer() { "$py" "$here/peers.py" "$1" "$2/features" "$2/images" "$3" 0; }
+tag() { sed -u "s/^{/{\"set\": \"$1\", \"cache\": \"$cache\", /" | tee -a "$lines"; }
+at() { "$py" "$here/peers.py" cache "$cache" "$1/features"; }
+ours() { at "$1"; "$py" "$here/peers.py" stage "$FL_BIN" "$1/features" "$1/images" "$2" 0 "$out/pl-$3"; }
+peer() { at "$2"; "$py" "$here/peers.py" "$1" "$2/features" "$2/images" "$3" 0; }
 for r in $(seq "$runs"); do
   if want fashion; then
     ours "$fm" 10 fashion | tag fashion
@@ -55,7 +59,7 @@ for r in $(seq "$runs"); do
   fi
   if want blobs; then
     ours "$bl" 1000 blobs | tag blobs
-    "$bin" fit --features "$bl/features" --images "$bl/images" --k 1000 | tag blobs
+    at "$bl"; "$bin" fit --features "$bl/features" --images "$bl/images" --k 1000 | tag blobs
     peer faiss "$bl" 1000 | tag blobs
     if [ "$r" -le "$sk_blobs" ]; then peer sklearn "$bl" 1000 | tag blobs; fi
   fi
