@@ -1137,14 +1137,38 @@ struct Run {
     last: Option<Top2>,
 }
 
-/// Lloyd's algorithm over an oracle (the torch back-end).
-fn lloyd(train: &Points, oracle: &dyn Nearest, start: Vec<f32>, cfg: &Config) -> Result<Run> {
-    let (k, d) = (cfg.k, train.dim());
-    let threshold = if cfg.tol > 0.0 {
+impl Run {
+    /// A full-batch run that ended without a final assignment.
+    fn ended(centroids: Vec<f32>, iterations: usize, converged: bool) -> Self {
+        Run {
+            centroids,
+            iterations,
+            converged,
+            minibatch: false,
+            last: None,
+        }
+    }
+}
+
+/// The squared shift below which the iterations stop: `tol` times the mean
+/// feature variance of the training points (0 when `tol` is 0).
+fn shift_threshold(cfg: &Config, train: &Points) -> f64 {
+    if cfg.tol > 0.0 {
         cfg.tol * mean_variance(train)
     } else {
         0.0
-    };
+    }
+}
+
+/// The squared distance the centroids moved, summed over all of them.
+fn sq_shift(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| ((a - b) as f64).powi(2)).sum()
+}
+
+/// Lloyd's algorithm over an oracle (the torch back-end).
+fn lloyd(train: &Points, oracle: &dyn Nearest, start: Vec<f32>, cfg: &Config) -> Result<Run> {
+    let (k, d) = (cfg.k, train.dim());
+    let threshold = shift_threshold(cfg, train);
     let mut centroids = start;
     let mut labels = vec![u32::MAX; train.n()];
     let (mut iterations, mut converged) = (0, false);
@@ -1163,24 +1187,14 @@ fn lloyd(train: &Points, oracle: &dyn Nearest, start: Vec<f32>, cfg: &Config) ->
         labels = t.arg;
         let (sums, counts) = oracle.sums(&labels, k)?;
         let next = new_centroids(train, d, &sums, &counts, &t.d1, &centroids);
-        let shift: f64 = next
-            .iter()
-            .zip(&centroids)
-            .map(|(a, b)| ((a - b) as f64).powi(2))
-            .sum();
+        let shift = sq_shift(&next, &centroids);
         centroids = next;
         if cfg.tol > 0.0 && shift <= threshold {
             converged = true;
             break;
         }
     }
-    Ok(Run {
-        centroids,
-        iterations,
-        converged,
-        minibatch: false,
-        last: None,
-    })
+    Ok(Run::ended(centroids, iterations, converged))
 }
 
 /// The runs of one back-end: seeds and trains `n_init` times on `train`,
@@ -1343,11 +1357,7 @@ fn fit_linfa(points: &Points, train: &Points, cfg: &Config, init: Init) -> Resul
             .max_n_iterations(iters)
     };
     let linfa_err = |e: &dyn std::fmt::Display| Error::invalid(format!("k-means (linfa): {e}"));
-    let threshold = if cfg.tol > 0.0 {
-        cfg.tol * mean_variance(train)
-    } else {
-        0.0
-    };
+    let threshold = shift_threshold(cfg, train);
     let batch = match cfg.batch_size {
         0 if m > MINIBATCH_ABOVE => 4096,
         0 => m,
@@ -1364,24 +1374,14 @@ fn fit_linfa(points: &Points, train: &Points, cfg: &Config, init: Init) -> Resul
                 .map_err(|e| linfa_err(&e))?;
             let next: Vec<f32> = model.centroids().iter().cloned().collect();
             iterations += 1;
-            let shift: f64 = centroids
-                .iter()
-                .zip(&next)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
-                .sum();
+            let shift = sq_shift(&centroids, &next);
             centroids = next;
             if shift == 0.0 || (cfg.tol > 0.0 && shift <= threshold) {
                 converged = true;
                 break;
             }
         }
-        Ok(Run {
-            centroids,
-            iterations,
-            converged,
-            minibatch: false,
-            last: None,
-        })
+        Ok(Run::ended(centroids, iterations, converged))
     };
     let mini_batch = |start: Vec<f32>, seed: u64| -> Result<Run> {
         // linfa compares the Euclidean norm of the centroid shift with its tolerance.

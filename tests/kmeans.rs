@@ -252,33 +252,23 @@ fn the_stage_trains_on_the_recorded_subsample_and_reads_every_feature_file() {
     assert_eq!(files(&t1, "pseudo_labels-"), files(&t2, "pseudo_labels-"));
 
     let bad = tmp.path().join("bad");
-    fails(
-        &[
+    let fails_with = |extra: &[&str], needle: &str| {
+        let (f, i, b) = (s(&features), s(&images), s(&bad));
+        let mut args = vec![
             "pseudo-label",
             "--features",
-            &s(&features),
+            f.as_str(),
             "--images",
-            &s(&images),
-            "--n-init",
-            "0",
+            i.as_str(),
             "--output",
-            &s(&bad),
-        ],
-        "--n-init 0",
-    );
+            b.as_str(),
+        ];
+        args.extend_from_slice(extra);
+        fails(&args, needle);
+    };
+    fails_with(&["--n-init", "0"], "--n-init 0");
     // A features file cut short (a disk that filled up, a copy killed halfway).
     let second = features.join("features-00001.arrow");
     std::fs::write(&second, &feature_files[1][..feature_files[1].len() / 2]).unwrap();
-    fails(
-        &[
-            "pseudo-label",
-            "--features",
-            &s(&features),
-            "--images",
-            &s(&images),
-            "--output",
-            &s(&bad),
-        ],
-        "features-00001.arrow",
-    );
+    fails_with(&[], "features-00001.arrow");
 }
