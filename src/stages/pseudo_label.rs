@@ -135,6 +135,7 @@ impl Stage for PseudoLabel {
 
     fn validate(p: &Params) -> Result<(), ParamError> {
         at_least("max-iter", p.max_iter as u64, 1)?;
+        at_least("n-init", p.n_init as u64, 1)?;
         in_range("tol", p.tol, 0.0, f64::MAX)
     }
 
@@ -316,9 +317,6 @@ fn label_by_kmeans(
     exec: &Exec,
     run: &mut StageRun,
 ) -> Result<Labelling> {
-    if params.n_init == 0 {
-        return Err(Error::invalid("--n-init 0: give at least 1"));
-    }
     let t0 = std::time::Instant::now();
     let f = read_features(features)?;
     let points = f.points()?;
