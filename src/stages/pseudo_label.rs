@@ -15,7 +15,7 @@
 //! ARI and purity; for predicted labels also accuracy on the unlabelled
 //! images and per-class precision and recall.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
@@ -30,7 +30,7 @@ use crate::kmeans;
 use crate::manifest::Manifest;
 use crate::metrics::clustering::{self, Contingency};
 use crate::progress;
-use crate::shard::{schema, TableReader, TableWriter};
+use crate::shard::{mapped, schema, table_files, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, in_range, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
@@ -63,12 +63,22 @@ pub struct Params {
     /// k-means implementation (by problem size when auto).
     #[arg(long, value_enum, default_value_t = kmeans::Backend::Auto)]
     pub backend: kmeans::Backend,
-    /// k-means iterations at most.
-    #[arg(long, default_value_t = 100)]
+    /// k-means iterations at most, on the training points (faiss's default).
+    #[arg(long, default_value_t = 25)]
     pub max_iter: usize,
-    /// k-means stops when centroids move less than this times the mean feature variance.
-    #[arg(long, default_value_t = 1e-4)]
+    /// k-means also stops when the squared centroid shift is at most this
+    /// times the mean feature variance (scikit-learn's rule); 0 (as faiss):
+    /// only when no training point changes cluster, or at --max-iter.
+    #[arg(long, default_value_t = 0.0)]
     pub tol: f64,
+    /// k-means trains on at most this many points per cluster, drawn with
+    /// --seed (faiss's default), then assigns every point; 0 = train on all.
+    #[arg(long, default_value_t = kmeans::SAMPLE_PER_CENTROID)]
+    pub sample_per_centroid: usize,
+    /// k-means runs from this many seeds and keeps the one of lowest inertia
+    /// on the training points (scikit-learn's n_init).
+    #[arg(long, default_value_t = 1)]
+    pub n_init: usize,
     /// Mini-batch size of the linfa back-end (0 = automatic).
     #[arg(long, default_value_t = 0)]
     pub batch_size: usize,
@@ -87,8 +97,10 @@ impl Default for Params {
             seed: 0,
             init: kmeans::Init::Auto,
             backend: kmeans::Backend::Auto,
-            max_iter: 100,
-            tol: 1e-4,
+            max_iter: 25,
+            tol: 0.0,
+            sample_per_centroid: kmeans::SAMPLE_PER_CENTROID,
+            n_init: 1,
             batch_size: 0,
             compare_kmeans: false,
         }
@@ -123,6 +135,7 @@ impl Stage for PseudoLabel {
 
     fn validate(p: &Params) -> Result<(), ParamError> {
         at_least("max-iter", p.max_iter as u64, 1)?;
+        at_least("n-init", p.n_init as u64, 1)?;
         in_range("tol", p.tol, 0.0, f64::MAX)
     }
 
@@ -179,14 +192,69 @@ pub struct Labelling {
     pub labels_are_classes: bool,
 }
 
-/// The whole `features/` table in memory: ids and a row-major n x dim matrix.
-/// k-means needs every point each iteration (1.28M x 2048 f32 is 10.5 GB).
+/// The whole `features/` table: ids, and the feature vectors as the record
+/// batches of the memory-mapped files (`shard::mapped`), which k-means reads
+/// in place. k-means needs every point (1.28M x 2048 f32 is 10.5 GB): mapped,
+/// the page cache holds the only copy.
 pub struct FeatureMatrix {
     pub ids: Vec<u64>,
     pub dim: usize,
-    pub values: Vec<f32>,
+    /// Each batch and its file (for errors).
+    batches: Vec<(PathBuf, RecordBatch)>,
     /// The linear head's logits (n x logits_dim), when the table has them.
     pub logits: Option<(usize, Vec<f32>)>,
+}
+
+impl FeatureMatrix {
+    /// The features as k-means points: one block per record batch, no copy.
+    pub fn points(&self) -> Result<kmeans::Points<'_>> {
+        let blocks = self
+            .batches
+            .iter()
+            .map(|(file, b)| Ok(list_values(b, "feature", file)?.map_or(&[][..], |v| v.1)))
+            .collect::<Result<Vec<_>>>()?;
+        kmeans::Points::new(blocks, self.dim)
+    }
+}
+
+/// The values of the fixed-size list of f32 column `name` (width, row-major
+/// values), read where they lie; `None` when the batch has no such column.
+fn list_values<'b>(
+    batch: &'b RecordBatch,
+    name: &str,
+    file: &Path,
+) -> Result<Option<(usize, &'b [f32])>> {
+    let Some(col) = batch.column_by_name(name) else {
+        return Ok(None);
+    };
+    let l = col
+        .as_any()
+        .downcast_ref::<FixedSizeListArray>()
+        .ok_or_else(|| {
+            Error::file(
+                file,
+                format!("`{name}` is not a fixed-size list; re-run `embed`"),
+            )
+        })?;
+    let v = l
+        .values()
+        .as_any()
+        .downcast_ref::<Float32Array>()
+        .ok_or_else(|| {
+            Error::file(
+                file,
+                format!("`{name}` is not a list of f32; re-run `embed`"),
+            )
+        })?;
+    if l.null_count() > 0 || v.null_count() > 0 {
+        return Err(Error::file(
+            file,
+            format!("`{name}` has missing values; re-run `embed`"),
+        ));
+    }
+    let dim = l.value_length() as usize;
+    let start = l.offset() * dim;
+    Ok(Some((dim, &v.values()[start..start + l.len() * dim])))
 }
 
 pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
@@ -194,56 +262,42 @@ pub fn read_features(features: &Path) -> Result<FeatureMatrix> {
     let mut out = FeatureMatrix {
         ids: Vec::new(),
         dim: 0,
-        values: Vec::new(),
+        batches: Vec::new(),
         logits: None,
     };
-    let list = |batch: &RecordBatch, name: &str| -> Result<Option<(usize, Vec<f32>)>> {
-        let Some(col) = batch.column_by_name(name) else {
-            return Ok(None);
-        };
-        let l = col
-            .as_any()
-            .downcast_ref::<FixedSizeListArray>()
-            .ok_or_else(|| {
-                Error::file(
-                    features,
-                    format!("`{name}` is not a fixed-size list; re-run `embed`"),
-                )
-            })?;
-        let v = l
-            .values()
-            .as_any()
-            .downcast_ref::<Float32Array>()
-            .ok_or_else(|| {
-                Error::file(
-                    features,
-                    format!("`{name}` is not a list of f32; re-run `embed`"),
-                )
-            })?;
-        let dim = l.value_length() as usize;
-        let start = l.offset() * dim;
-        Ok(Some((
-            dim,
-            v.values()[start..start + l.len() * dim].to_vec(),
-        )))
-    };
-    for batch in TableReader::from_manifest(features, &m, "features", None) {
-        let batch = batch?;
-        out.ids.extend(
-            tables::u64_column(&batch, "id", features)?
-                .values()
-                .iter()
-                .copied(),
-        );
-        let (dim, v) = list(&batch, "feature")?
-            .ok_or_else(|| Error::file(features, "has no `feature` column; re-run `embed`"))?;
-        out.dim = dim;
-        out.values.extend(v);
-        if let Some((ld, lv)) = list(&batch, "logits")? {
-            out.logits
-                .get_or_insert_with(|| (ld, Vec::new()))
-                .1
-                .extend(lv);
+    let files = table_files(features, &m, "features");
+    // k-means reads every page: start reading them all in before the first
+    // fault (the page cache may have dropped the files since `embed`).
+    for file in &files {
+        mapped::prefetch(file)?;
+    }
+    for file in files {
+        for batch in mapped::map_file(&file, None)?.batches {
+            out.ids.extend(
+                tables::u64_column(&batch, "id", &file)?
+                    .values()
+                    .iter()
+                    .copied(),
+            );
+            let (dim, _) = list_values(&batch, "feature", &file)?
+                .ok_or_else(|| Error::file(&file, "has no `feature` column; re-run `embed`"))?;
+            if !out.batches.is_empty() && dim != out.dim {
+                return Err(Error::file(
+                    &file,
+                    format!(
+                        "features of {dim} dims after {} dims; re-run `embed`",
+                        out.dim
+                    ),
+                ));
+            }
+            out.dim = dim;
+            if let Some((ld, lv)) = list_values(&batch, "logits", &file)? {
+                out.logits
+                    .get_or_insert_with(|| (ld, Vec::new()))
+                    .1
+                    .extend_from_slice(lv);
+            }
+            out.batches.push((file.clone(), batch));
         }
     }
     if out.ids.is_empty() {
@@ -265,6 +319,7 @@ fn label_by_kmeans(
 ) -> Result<Labelling> {
     let t0 = std::time::Instant::now();
     let f = read_features(features)?;
+    let points = f.points()?;
     run.phase("read", t0.elapsed().as_secs_f64());
     let k = if params.clusters > 0 {
         params.clusters
@@ -278,7 +333,12 @@ fn label_by_kmeans(
         }
         n
     };
-    let n = f.ids.len();
+    let n = points.n();
+    if k > n {
+        return Err(Error::invalid(format!(
+            "--clusters {k}: more clusters than the {n} images"
+        )));
+    }
     let cfg = kmeans::Config {
         k,
         max_iter: params.max_iter,
@@ -288,20 +348,27 @@ fn label_by_kmeans(
         backend: params.backend,
         batch_size: params.batch_size,
         device: exec.device.resolve()?,
+        sample_per_centroid: params.sample_per_centroid,
+        n_init: params.n_init,
     };
     let (backend, init) = kmeans::resolve(&cfg, n, f.dim);
     progress::note(format!(
-        "pseudo-label: k-means, {n} points x {} dims, k = {k}, {backend:?} back-end, {init:?} init",
-        f.dim
+        "pseudo-label: k-means, {n} points x {} dims, k = {k}, trained on {}, {backend:?} back-end, {init:?} init",
+        f.dim,
+        cfg.train_points(n)
     ));
-    let c = kmeans::fit(&f.values, n, f.dim, &cfg)?;
+    let c = kmeans::fit_points(&points, &cfg)?;
     run.phase("kmeans_init", c.init_seconds);
     run.phase("kmeans_iterate", c.iterate_seconds);
+    run.phase("kmeans_assign", c.assign_seconds);
     run.count("kmeans_backend", format!("{:?}", c.backend).to_lowercase());
     run.count("kmeans_init", format!("{:?}", c.init).to_lowercase());
     run.count("kmeans_minibatch", c.minibatch);
+    run.count("kmeans_train_points", c.train_points as u64);
+    run.count("kmeans_best_run", c.best_run as u64);
     run.count("kmeans_iterations", c.iterations as u64);
     run.count("kmeans_converged", c.converged);
+    run.count("kmeans_train_inertia", c.train_inertia);
     run.count("kmeans_inertia", c.inertia);
     run.count("clusters", k as u64);
     run.count("dim", f.dim as u64);
