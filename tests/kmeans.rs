@@ -167,9 +167,10 @@ fn ok(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(out.lines().last().unwrap()).unwrap()
 }
 
-fn fails(args: &[&str], needle: &str) {
+/// Exit 1 (a failed run) or 2 (a bad parameter), with one line naming `needle`.
+fn fails(args: &[&str], code: i32, needle: &str) {
     let o = common::run(args);
-    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    assert_eq!(o.status.code(), Some(code), "{}", common::text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains(needle), "{needle:?} not in {err}");
@@ -252,7 +253,7 @@ fn the_stage_trains_on_the_recorded_subsample_and_reads_every_feature_file() {
     assert_eq!(files(&t1, "pseudo_labels-"), files(&t2, "pseudo_labels-"));
 
     let bad = tmp.path().join("bad");
-    let fails_with = |extra: &[&str], needle: &str| {
+    let fails_with = |extra: &[&str], code: i32, needle: &str| {
         let (f, i, b) = (s(&features), s(&images), s(&bad));
         let mut args = vec![
             "pseudo-label",
@@ -264,11 +265,11 @@ fn the_stage_trains_on_the_recorded_subsample_and_reads_every_feature_file() {
             b.as_str(),
         ];
         args.extend_from_slice(extra);
-        fails(&args, needle);
+        fails(&args, code, needle);
     };
-    fails_with(&["--n-init", "0"], "--n-init 0");
+    fails_with(&["--n-init", "0"], 2, "--n-init 0");
     // A features file cut short (a disk that filled up, a copy killed halfway).
     let second = features.join("features-00001.arrow");
     std::fs::write(&second, &feature_files[1][..feature_files[1].len() / 2]).unwrap();
-    fails_with(&[], "features-00001.arrow");
+    fails_with(&[], 1, "features-00001.arrow");
 }
