@@ -446,19 +446,33 @@ impl Pipeline {
         let get = |s: StageName| params.iter().find(|(st, _)| st.name() == s).map(|x| &x.1);
         let prepare = get(StageName::Prepare);
         if let (Some(prep), Some(gan)) = (prepare, get(StageName::TrainGan)) {
-            let size = prep.get("size").and_then(|v| v.as_i64());
+            let size = prep.get("size").and_then(|v| v.as_i64()).unwrap_or(0);
             let res = gan.get("resolution").and_then(|v| v.as_i64());
-            if let (Some(size), Some(res)) = (size, res) {
-                if size != res {
-                    let e = ParamError::new(
-                        "resolution",
-                        format!(
-                            "the training images are {size}x{size} (prepare.size = {size}, line {}); set one to the other",
-                            self.line_of_key("prepare", "size")
-                        ),
-                    );
-                    return Err(self.param_error(StageName::TrainGan, &e, gan));
-                }
+            let distorted = gan.get("augment").and_then(|v| v.as_str()) == Some("distorted");
+            let at = |msg: String| {
+                format!(
+                    "{msg} (prepare.size = {size}, line {})",
+                    self.line_of_key("prepare", "size")
+                )
+            };
+            let problem = match res {
+                None if distorted => Some(at(
+                    "augment = \"distorted\" needs the resolution to train at; the crops come from the stored images".into(),
+                )),
+                None if !crate::models::biggan::Config::RESOLUTIONS.contains(&size) => Some(at(
+                    format!("not given, so the images' size {size}, for which no BigGAN preset exists (32, 64, 128); set it"),
+                )),
+                Some(r) if distorted && size < r => Some(at(format!(
+                    "distorted crops of the {size}x{size} stored images would all be enlarged; store at least {r}"
+                ))),
+                Some(r) if !distorted && (size < r || size % r != 0) => Some(at(format!(
+                    "the training images are {size}x{size}; set one to the other"
+                ))),
+                _ => None,
+            };
+            if let Some(msg) = problem {
+                let e = ParamError::new("resolution", msg);
+                return Err(self.param_error(StageName::TrainGan, &e, gan));
             }
         }
         if let (Some(pl), Some(gan)) = (get(StageName::PseudoLabel), get(StageName::TrainGan)) {

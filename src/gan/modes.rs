@@ -151,6 +151,8 @@ pub struct DataSummary {
     pub class_names: Vec<String>,
     /// Largest label seen + 1 (0 when none).
     pub max_label: i64,
+    /// Side of the stored (square) images.
+    pub image_size: u32,
 }
 
 /// Checks that the shards carry what `mode` needs; the error says what is
@@ -212,6 +214,7 @@ mod tests {
             human_labelled: labelled,
             class_names: vec!["a".into(), "b".into()],
             max_label: 2,
+            image_size: 32,
         }
     }
 

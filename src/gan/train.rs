@@ -30,7 +30,7 @@ use crate::gan::tfevents::EventWriter;
 use crate::models::biggan::{parameter_count, Config, Discriminator, Generator, Projection};
 use crate::models::layers::LayerCtx;
 use crate::train::checkpoint::{load_variables, named_variables, Checkpoints};
-use crate::train::loader::{Loader, LoaderConfig};
+use crate::train::loader::{Augment, Loader, LoaderConfig};
 use crate::train::log::MetricsLog;
 use crate::train::optim::{OptimConfig, Optimizer};
 
@@ -63,6 +63,9 @@ pub struct TrainConfig {
     pub grid_rows: i64,
     pub grid_cols: i64,
     pub bf16: bool,
+    /// compare_gan's distorted crops of the stored images, resized to the
+    /// model's resolution, instead of the stored images as they are.
+    pub distorted_crops: bool,
 }
 
 /// Mean of each scalar since the last log line.
@@ -413,6 +416,11 @@ pub fn train(
     // exactly what the checkpointed steps consumed.
     let per_step = cfg.d_steps * cfg.accumulation as u64;
     lcfg.skip_batches = start * per_step;
+    if cfg.distorted_crops {
+        lcfg.augment = Augment::Distorted {
+            size: cfg.model.resolution as usize,
+        };
+    }
     let mut loader = Loader::new(files, lcfg)?;
     let (h, w) = loader.image_size();
     let res = cfg.model.resolution as usize;

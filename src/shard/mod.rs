@@ -1,6 +1,8 @@
 //! Arrow IPC shard I/O: streaming writers that finish each file atomically
 //! and readers that iterate record batches across a stage's shard files.
+pub mod mapped;
 pub mod schema;
+pub mod stored;
 
 use std::fs::File;
 use std::io::{BufReader, Write};

@@ -19,7 +19,8 @@ use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::models::resnet::SavedModel;
 use crate::progress;
-use crate::shard::{image_bytes, schema, table_files, TableReader, TableWriter};
+use crate::shard::stored::{self, StoredImage};
+use crate::shard::{image_bytes, schema, shard_schema, table_files, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::loader::{Loader, LoaderConfig};
@@ -188,10 +189,11 @@ fn fixed_list(
 /// if needed, channels per `color`, values in [0, 1], row-major (HWC).
 pub fn pixel_feature(
     bytes: &[u8],
+    format: Option<&StoredImage>,
     size: u32,
     color: PixelColor,
 ) -> std::result::Result<Vec<f32>, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode image: {e}"))?;
+    let img = image::DynamicImage::ImageRgb8(stored::decode(bytes, format)?);
     let img = if img.width() != size || img.height() != size {
         img.resize_exact(size, size, FilterType::Triangle)
     } else {
@@ -234,6 +236,10 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
     bar.set_prefix(StageName::Embed.as_str());
     let t0 = std::time::Instant::now();
     let mut rows = 0u64;
+    let format = match table_files(images, &m, "images").first() {
+        Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
+        None => None,
+    };
     for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "image"])) {
         let batch = batch?;
         let ids = tables::u64_column(&batch, "id", images)?;
@@ -247,7 +253,7 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
             .into_par_iter()
             .map(|i| {
                 let bytes = image_bytes(col.as_ref(), i)?;
-                pixel_feature(bytes, size, params.pixels_color).map_err(|e| {
+                pixel_feature(bytes, format.as_ref(), size, params.pixels_color).map_err(|e| {
                     Error::file(
                         images,
                         format!("image id {}: {e}; re-run `prepare`", ids.value(i)),
@@ -289,12 +295,12 @@ mod tests {
         });
         let mut png = std::io::Cursor::new(Vec::new());
         img.write_to(&mut png, image::ImageFormat::Png).unwrap();
-        let f = pixel_feature(png.get_ref(), 4, PixelColor::Rgb).unwrap();
+        let f = pixel_feature(png.get_ref(), None, 4, PixelColor::Rgb).unwrap();
         assert_eq!(f.len(), 48);
         assert_eq!(&f[..6], &[0.0, 0.0, 1.0, 60.0 / 255.0, 0.0, 1.0]);
-        let g = pixel_feature(png.get_ref(), 2, PixelColor::Gray).unwrap();
+        let g = pixel_feature(png.get_ref(), None, 2, PixelColor::Gray).unwrap();
         assert_eq!(g.len(), 4);
         assert!(g.iter().all(|v| (0.0..=1.0).contains(v)));
-        assert!(pixel_feature(b"not an image", 2, PixelColor::Gray).is_err());
+        assert!(pixel_feature(b"not an image!", None, 2, PixelColor::Gray).is_err());
     }
 }

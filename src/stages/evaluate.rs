@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arrow::array::{Array, Int32Array, RecordBatch};
+use arrow::array::RecordBatch;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -29,7 +29,8 @@ use crate::metrics::fid::{
 };
 use crate::metrics::inception::{self, Inception};
 use crate::progress;
-use crate::shard::{image_bytes, table_files, TableReader};
+use crate::shard::stored::{self, StoredImage};
+use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 
@@ -736,6 +737,10 @@ fn table_accumulate(
     let mut pending: Vec<Tensor> = Vec::new();
     let mut row = 0usize;
     let mut taken = 0usize;
+    let format = match table.files.first() {
+        Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
+        None => None,
+    };
     for batch in TableReader::new(table.files.clone(), None) {
         if taken >= limit {
             break;
@@ -751,7 +756,7 @@ fn table_accumulate(
         row += n;
         let decoded: Vec<Result<Tensor>> = wanted
             .par_iter()
-            .map(|&i| decode_row(&batch, i, &table.dir))
+            .map(|&i| decode_row(&batch, i, &table.dir, format.as_ref()))
             .collect();
         for img in decoded {
             pending.push(img?);
@@ -793,44 +798,23 @@ fn flush(acc: &mut Accumulator, nets: &Nets, pending: &mut Vec<Tensor>) -> Resul
     add_batch(acc, nets, &input)
 }
 
-/// Decodes row `i` of an images batch to a [3, H, W] uint8 RGB tensor.
-/// PNG and JPEG through the `image` crate (grey becomes three equal
-/// channels, as PIL's `convert('RGB')` does); raw pixels when the bytes
-/// are exactly `width * height * 3` (or `* 1`) of the row's size columns.
-fn decode_row(batch: &RecordBatch, i: usize, dir: &Path) -> Result<Tensor> {
+/// Decodes row `i` of an images batch to a [3, H, W] uint8 RGB tensor,
+/// through the table's one decoder (grey is stored as three equal
+/// channels, as PIL's `convert('RGB')` gives).
+fn decode_row(
+    batch: &RecordBatch,
+    i: usize,
+    dir: &Path,
+    format: Option<&StoredImage>,
+) -> Result<Tensor> {
     let col = batch
         .column_by_name("image")
         .ok_or_else(|| Error::file(dir, "images table has no `image` column"))?;
     let bytes = image_bytes(col.as_ref(), i).map_err(|e| Error::file(dir, e))?;
-    let (pixels, w, h) = match image::load_from_memory(bytes) {
-        Ok(img) => {
-            let rgb = img.to_rgb8();
-            let (w, h) = rgb.dimensions();
-            (rgb.into_raw(), w as usize, h as usize)
-        }
-        Err(e) => {
-            let size = |name: &str| {
-                batch
-                    .column_by_name(name)
-                    .and_then(|c| c.as_any().downcast_ref::<Int32Array>())
-                    .filter(|c| c.is_valid(i))
-                    .map(|c| c.value(i).max(0) as usize)
-            };
-            match (size("width"), size("height")) {
-                (Some(w), Some(h)) if w * h * 3 == bytes.len() => (bytes.to_vec(), w, h),
-                (Some(w), Some(h)) if w * h == bytes.len() && w * h > 0 => {
-                    (bytes.iter().flat_map(|&b| [b, b, b]).collect(), w, h)
-                }
-                _ => {
-                    return Err(Error::file(
-                        dir,
-                        format!("row {i}: image bytes are neither PNG/JPEG ({e}) nor raw pixels of the row's width x height"),
-                    ))
-                }
-            }
-        }
-    };
-    Ok(Tensor::from_slice(&pixels)
+    let rgb =
+        stored::decode(bytes, format).map_err(|e| Error::file(dir, format!("row {i}: {e}")))?;
+    let (w, h) = rgb.dimensions();
+    Ok(Tensor::from_slice(rgb.as_raw())
         .view([h as i64, w as i64, 3])
         .permute([2, 0, 1])
         .to_kind(Kind::Uint8))

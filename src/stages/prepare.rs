@@ -40,6 +40,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::input::{self, Bytes, Item, Listing};
 use crate::manifest::Manifest;
 use crate::progress;
+use crate::shard::stored::{StoredCodec, StoredImage};
 use crate::shard::{image_column, open_shard, schema, ShardFile, TableWriter};
 use crate::stage::{Input, StageName, StageRun};
 use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
@@ -380,7 +381,16 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
     let mine: Vec<usize> = (0..chunks)
         .filter(|k| k % params.num_shards == params.shard_index)
         .collect();
-    let images_schema = schema::images(&names);
+    // How the rows are stored, for every reader's one decoder (shard::stored).
+    let stored = StoredImage {
+        codec: match params.codec {
+            Codec::Png => StoredCodec::Png,
+            Codec::Jpeg => StoredCodec::Jpeg,
+            Codec::Raw => StoredCodec::Raw,
+        },
+        size: params.size,
+    };
+    let images_schema = stored.attach(&schema::images(&names));
     let range = |k: usize| (k * r).min(n)..((k + 1) * r).min(n);
 
     // Finished chunks of an interrupted identical attempt are kept.

@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::progress;
-use crate::shard::{schema, ShardFile, TableReader, TableWriter};
+use crate::shard::stored::StoredImage;
+use crate::shard::{schema, shard_schema, ShardFile, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
@@ -252,7 +253,14 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
         .map(|s| run.resuming && run.dir.join(shard_name(s)).exists())
         .collect();
     run.phase("plan", t0.elapsed().as_secs_f64());
-    let out_schema = schema::train(&join.names);
+    // The images' stored format travels with them.
+    let out_schema = match tables::first_file(images, &im, "images") {
+        Some(f) => match StoredImage::from_schema(shard_schema(&f)?.as_ref()) {
+            Some(stored) => stored.attach(&schema::train(&join.names)),
+            None => schema::train(&join.names),
+        },
+        None => schema::train(&join.names),
+    };
     let n_names = join.names.len() as i64;
 
     if n == 0 {

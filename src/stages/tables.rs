@@ -34,6 +34,11 @@ pub fn str_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'
     column::<StringArray>(b, name, table)
 }
 
+/// The first file of table `name` of a finished stage.
+pub fn first_file(dir: &Path, manifest: &Manifest, name: &str) -> Option<std::path::PathBuf> {
+    table_files(dir, manifest, name).into_iter().next()
+}
+
 /// The class names stored with table `name` of a finished stage (from its first file).
 pub fn class_names(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<String>> {
     match table_files(dir, manifest, name).first() {

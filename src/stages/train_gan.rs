@@ -18,7 +18,8 @@ use crate::gan::train::{bench, train, TrainConfig};
 use crate::manifest::Manifest;
 use crate::models::biggan::Config;
 use crate::shard::schema::class_names_of;
-use crate::shard::{shard_schema, table_files, TableReader};
+use crate::shard::stored::{self, StoredImage};
+use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{at_least, in_range, positive, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
@@ -57,9 +58,15 @@ pub struct Params {
     /// Step from which the EMA averages (before it, it copies G).
     #[arg(long, default_value_t = 40_000)]
     pub ema_start: u64,
-    /// Image side: 32, 64 or 128 (BigGAN presets).
-    #[arg(long, default_value_t = 128)]
-    pub resolution: i64,
+    /// Image side: 32, 64 or 128 (BigGAN presets); by default the size the
+    /// shards store (with `augment = distorted`, set it: the crops are resized to it).
+    #[arg(long)]
+    pub resolution: Option<i64>,
+    /// Training augmentation: `none`, or compare_gan's ImageNet `distorted`
+    /// crops (a square of 50-100% of the stored image's area, redrawn every
+    /// epoch, resized to the resolution; store a larger size with prepare).
+    #[arg(long, value_enum, default_value_t = Augment::None)]
+    pub augment: Augment,
     /// Channel multiplier (BigGAN: 96).
     #[arg(long, default_value_t = 96)]
     pub ch: i64,
@@ -113,7 +120,8 @@ impl Default for Params {
             beta2: 0.999,
             ema_decay: 0.9999,
             ema_start: 40_000,
-            resolution: 128,
+            resolution: None,
+            augment: Augment::None,
             ch: 96,
             rotated_batch_fraction: 4,
             weight_rotation_d: 1.0,
@@ -133,14 +141,15 @@ impl Default for Params {
 }
 
 impl Params {
-    /// The loop's configuration, with the class names of the data.
-    pub fn train_config(&self, class_names: &[String]) -> Result<TrainConfig> {
+    /// The loop's configuration, with the class names of the data and the
+    /// resolution it trains at.
+    pub fn train_config(&self, class_names: &[String], resolution: i64) -> Result<TrainConfig> {
         let model = Config {
             n_classes: self.mode.n_classes(class_names.len() as i64),
             conditional: self.mode.conditional(),
             class_head: self.mode.class_head(),
             rotation_head: self.mode.rotation(),
-            ..Config::preset(self.resolution, self.ch)?
+            ..Config::preset(resolution, self.ch)?
         };
         Ok(TrainConfig {
             mode: self.mode,
@@ -169,8 +178,55 @@ impl Params {
             grid_rows: self.grid_rows,
             grid_cols: self.grid_cols,
             bf16: self.bf16,
+            distorted_crops: self.augment == Augment::Distorted,
         })
     }
+}
+
+/// Training augmentation of the real images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augment {
+    /// The stored images as they are.
+    #[default]
+    None,
+    /// compare_gan's ImageNet training crops (src/train/loader.rs).
+    Distorted,
+}
+
+/// The resolution a run trains at: the one asked for, or the shards' image
+/// size; either way one a BigGAN preset exists for, and one the stored
+/// images can give.
+fn resolution(params: &Params, stored: u32) -> Result<i64> {
+    let stored = stored as i64;
+    let r = match params.resolution {
+        Some(r) => r,
+        None if params.augment == Augment::Distorted => {
+            return Err(Error::usage(
+                "augment distorted: give the resolution to train at (the crops are resized to it)",
+            ))
+        }
+        None if Config::RESOLUTIONS.contains(&stored) => stored,
+        None => {
+            return Err(Error::usage(format!(
+                "the shards hold {stored}x{stored} images and BigGAN presets exist for 32, 64 and 128: prepare the images at one of those sizes, or give the resolution"
+            )))
+        }
+    };
+    let fits = match params.augment {
+        Augment::None => stored >= r && stored % r == 0,
+        Augment::Distorted => stored >= r,
+    };
+    if !fits {
+        return Err(Error::usage(format!(
+            "resolution {r}: the shards hold {stored}x{stored} images; {}",
+            match params.augment {
+                Augment::None => "prepare them at that size (or a multiple of it)",
+                Augment::Distorted => "distorted crops need stored images at least that large",
+            }
+        )));
+    }
+    Ok(r)
 }
 
 /// `fewlabels train-gan`.
@@ -201,7 +257,9 @@ impl Stage for TrainGan {
         if !(p.ema_decay >= 0.0 && p.ema_decay < 1.0) {
             return Err(ParamError::new("ema-decay", "must be in [0, 1)"));
         }
-        if !Config::RESOLUTIONS.contains(&p.resolution) {
+        if p.resolution
+            .is_some_and(|r| !Config::RESOLUTIONS.contains(&r))
+        {
             return Err(ParamError::new(
                 "resolution",
                 "BigGAN presets exist for 32, 64 and 128",
@@ -247,7 +305,8 @@ impl Stage for TrainGan {
         let data = dirs.need(&DATA)?;
         let (files, summary) = summarize(data)?;
         check(params.mode, &summary)?;
-        let cfg = params.train_config(&summary.class_names)?;
+        let resolution = resolution(params, summary.image_size)?;
+        let cfg = params.train_config(&summary.class_names, resolution)?;
         let device = exec.device.resolve()?;
         let outcome = train(&cfg, files, &run.dir, device, run.resuming)?;
         run.phase("data", outcome.seconds_data);
@@ -285,9 +344,15 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
             "the shard manifest lists no train-*.arrow file; re-run `fewlabels shard`",
         )
     })?;
-    let class_names = class_names_of(shard_schema(first)?.as_ref());
+    let schema = shard_schema(first)?;
+    let class_names = class_names_of(schema.as_ref());
+    let image_size = match StoredImage::from_schema(schema.as_ref()) {
+        Some(f) => f.size,
+        None => first_image_side(first)?,
+    };
     let mut s = DataSummary {
         class_names,
+        image_size,
         ..DataSummary::default()
     };
     for batch in TableReader::new(files.clone(), Some(&["label", "label_source"])) {
@@ -312,6 +377,26 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
         }
     }
     Ok((files, s))
+}
+
+/// The side of the first stored image of a table written before the
+/// format was recorded in its schema.
+fn first_image_side(file: &Path) -> Result<u32> {
+    for batch in TableReader::new(vec![file.to_path_buf()], Some(&["image"])) {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            let bytes = image_bytes(batch.column(0).as_ref(), 0)?;
+            let (h, w) = stored::dimensions(bytes, None).map_err(|e| Error::file(file, e))?;
+            if h != w {
+                return Err(Error::file(
+                    file,
+                    format!("holds {w}x{h} images; the GAN trains on squares"),
+                ));
+            }
+            return Ok(h as u32);
+        }
+    }
+    Err(Error::file(file, "holds no rows; re-run `fewlabels shard`"))
 }
 
 /// Every file the run left (relative, sorted), bar the framework's own and temporaries.
@@ -448,14 +533,14 @@ pub fn bench_main(cli: BenchCli) -> Result<()> {
     let names: Vec<String> = (0..cli.classes).map(|c| format!("c{c}")).collect();
     let params = Params {
         mode: cli.mode,
-        resolution: cli.resolution,
+        resolution: Some(cli.resolution),
         ch: cli.ch,
         batch_size: cli.batch_size,
         accumulation: 1,
         bf16: cli.bf16,
         ..Params::default()
     };
-    let cfg = params.train_config(&names)?;
+    let cfg = params.train_config(&names, cli.resolution)?;
     let r = bench(&cfg, device, cli.steps, cli.warmup)?;
     println!(
         "{}",

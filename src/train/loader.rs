@@ -1,39 +1,64 @@
 //! Shard images to tensors: reads the `image` column (and `id`, optionally a
-//! label column) of an `images/` or `train/` table, decodes PNG, JPEG or raw
-//! RGB rows in parallel with rayon on a producer thread that stays
-//! `prefetch` batches ahead of the trainer, and yields `f32` tensors
-//! `[B, 3, H, W]` in [-1, 1].
+//! label column) of an `images/` or `train/` table, decodes the rows in
+//! parallel with rayon on a producer thread that stays `prefetch` batches
+//! ahead of the trainer, and yields `f32` tensors `[B, 3, H, W]` in [-1, 1].
 //!
 //! Order is a function of the seed and the epoch only (never of thread
-//! timing): each epoch permutes the table's record batches, then shuffles
-//! rows inside windows of `shuffle_window` record batches (a shuffle buffer,
-//! so memory stays bounded by the window, not the table). `Sequential` reads
-//! every row once in table order (for embedding). A run resumed at
-//! `Position { epoch, batch }` sees exactly the batches an uninterrupted run
-//! would have seen from there; the skipped ones are not decoded.
+//! timing). `Shuffle` draws each epoch as a seeded permutation of every row
+//! of the table: a global shuffle, so a batch's class mix is the data's
+//! whatever order the table is in (ImageNet's listing, and so `images/`, is
+//! sorted by class: a shuffle inside windows of record batches would give
+//! batches of a few classes for hundreds of steps). The files are
+//! memory-mapped ([`crate::shard::mapped`]): a row costs a read of its own
+//! bytes, and memory is bounded by the page cache, not by the table.
+//! `Sequential` reads every row once in table order (for embedding). A run
+//! resumed at `Position { epoch, batch }` sees exactly the batches an
+//! uninterrupted run would have seen from there; the skipped ones are not
+//! decoded.
+//!
+//! Every row is decoded by the table's one decoder ([`crate::shard::stored`]).
+//! `Augment::Distorted` is compare_gan's ImageNet training crop: a square
+//! of 50-100% of the stored image's area at a uniformly random place,
+//! resized to the training size, drawn afresh every epoch from the seed,
+//! the epoch and the image id (so it is the same after a resume and
+//! whatever the thread count). compare_gan draws it from the whole photo;
+//! here it is drawn from the centre square `prepare` stored, which is why
+//! the ImageNet pipelines store more pixels than they train on.
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use arrow::array::{Array, Int64Array, RecordBatch, UInt64Array};
+use fast_image_resize as fr;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha20Rng;
+use rand::{Rng, SeedableRng};
+use rand_chacha::{ChaCha20Rng, ChaCha8Rng};
 use rayon::prelude::*;
 use tch::Tensor;
 
-use crate::error::{Error, Result, ResultExt};
-use crate::shard::{image_bytes, open_shard};
+use crate::error::{Error, Result};
+use crate::shard::image_bytes;
+use crate::shard::mapped::{map_file, MappedFile};
+use crate::shard::stored::{self, StoredImage};
 
 /// Row order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Order {
-    /// A new permutation every epoch, from `seed` and the epoch number.
+    /// A new permutation of all rows every epoch, from `seed` and the epoch number.
     Shuffle { seed: u64 },
     /// Table order, every row once per epoch (for embedding).
     Sequential,
+}
+
+/// What is done to each stored image before it becomes a tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Augment {
+    /// The stored pixels as they are.
+    None,
+    /// compare_gan's "distorted" crop (see the module doc), resized to `size`x`size`.
+    Distorted { size: usize },
 }
 
 /// Where a batch sits: epoch and batch index within it (both 0-based).
@@ -53,8 +78,6 @@ pub struct LoaderConfig {
     pub epochs: Option<u64>,
     /// Batches decoded ahead of the consumer.
     pub prefetch: usize,
-    /// Record batches shuffled together (the shuffle buffer).
-    pub shuffle_window: usize,
     /// Keep only rows whose id is in this set (e.g. the labelled images).
     pub ids: Option<Arc<HashSet<u64>>>,
     /// Also yield this Int64 column (nullable) as `labels`.
@@ -62,6 +85,7 @@ pub struct LoaderConfig {
     /// Batches to skip from the first epoch on, without decoding them: a run
     /// resumed after `n` steps of one batch each passes `n`.
     pub skip_batches: u64,
+    pub augment: Augment,
 }
 
 impl LoaderConfig {
@@ -73,10 +97,10 @@ impl LoaderConfig {
             drop_last: true,
             epochs: None,
             prefetch: 4,
-            shuffle_window: 16,
             ids: None,
             label_column: None,
             skip_batches: 0,
+            augment: Augment::None,
         }
     }
 
@@ -102,22 +126,46 @@ pub struct Batch {
     pub position: Position,
 }
 
-/// One record batch of one file: the loader's unit of shuffling.
+/// A row of the table: file, record batch and row within it.
 #[derive(Debug, Clone, Copy)]
-struct Block {
-    file: usize,
-    index: usize,
+struct RowRef {
+    file: u32,
+    batch: u32,
+    row: u32,
 }
 
-/// A table opened for loading.
-#[derive(Clone)]
-struct Source {
-    files: Vec<PathBuf>,
-    /// Column indices: id, image, label.
-    projection: Vec<Vec<usize>>,
-    blocks: Vec<Block>,
-    /// Rows kept (after the id filter) per block.
-    kept: Vec<usize>,
+/// The mapped table and the rows the loader serves.
+struct Table {
+    files: Vec<MappedFile>,
+    rows: Vec<RowRef>,
+    format: Option<StoredImage>,
+    has_labels: bool,
+}
+
+impl Table {
+    fn batch(&self, r: RowRef) -> &RecordBatch {
+        &self.files[r.file as usize].batches[r.batch as usize]
+    }
+
+    fn id(&self, r: RowRef) -> u64 {
+        id_column(self.batch(r))
+            .map(|c| c.value(r.row as usize))
+            .unwrap_or(0)
+    }
+
+    fn bytes(&self, r: RowRef) -> Result<&[u8]> {
+        image_bytes(self.batch(r).column(1).as_ref(), r.row as usize)
+    }
+
+    fn label(&self, r: RowRef) -> Option<i64> {
+        let col = self.batch(r).column(2);
+        let l = col.as_any().downcast_ref::<Int64Array>()?;
+        (!l.is_null(r.row as usize)).then(|| l.value(r.row as usize))
+    }
+
+    fn path(&self, r: RowRef) -> &std::path::Path {
+        &self.files[r.file as usize].path
+    }
 }
 
 /// Batches of decoded images; an iterator of `Result<Batch>`.
@@ -127,101 +175,100 @@ pub struct Loader {
     rows: usize,
     height: usize,
     width: usize,
+    stored: (usize, usize),
     batches_per_epoch: u64,
 }
 
 impl Loader {
-    /// Opens the shard `files` of a table and starts the producer thread.
+    /// Maps the shard `files` of a table and starts the producer thread.
     pub fn new(files: Vec<PathBuf>, cfg: LoaderConfig) -> Result<Loader> {
         if cfg.batch_size == 0 {
             return Err(Error::invalid("batch size must be at least 1"));
         }
-        let mut source = Source {
-            files,
-            projection: Vec::new(),
-            blocks: Vec::new(),
-            kept: Vec::new(),
-        };
-        // The first image seen: its file, id, bytes and (h, w) when raw.
-        type FirstImage = (PathBuf, u64, Vec<u8>, Option<(usize, usize)>);
-        let mut first_image: Option<FirstImage> = None;
-        for (fi, path) in source.files.iter().enumerate() {
-            let reader = open_shard(path, None)?;
-            let schema = reader.schema();
-            let col = |name: &str| {
-                schema.index_of(name).map_err(|_| {
-                    Error::file(
+        let mut columns = vec!["id", "image"];
+        if let Some(l) = &cfg.label_column {
+            columns.push(l.as_str());
+        }
+        let mut mapped = Vec::with_capacity(files.len());
+        let mut format: Option<Option<StoredImage>> = None;
+        for path in &files {
+            let m = map_file(path, Some(&columns)).map_err(|e| match e {
+                Error::File { path, msg } if msg.starts_with("has no column") => {
+                    Error::file(path, format!("{msg} (not an images/ or train/ table?)"))
+                }
+                other => other,
+            })?;
+            let f = StoredImage::from_schema(&m.schema);
+            match format {
+                None => format = Some(f),
+                Some(prev) if prev != f => {
+                    return Err(Error::file(
                         path,
-                        format!("has no column `{name}` (not an images/ or train/ table?)"),
-                    )
-                })
-            };
-            let mut proj = vec![col("id")?, col("image")?];
-            if let Some(l) = &cfg.label_column {
-                proj.push(col(l)?);
+                        "stores its images in another format than the table's first file; re-run the stage that wrote it",
+                    ))
+                }
+                Some(_) => {}
             }
-            let n = reader.num_batches();
-            drop(reader);
-            // Only the id column, to count the rows each block keeps.
-            let id_reader = open_shard(path, Some(vec![proj[0]]))?;
-            for (bi, rb) in id_reader.enumerate() {
-                let rb = rb.at(path)?;
-                let ids = id_column(&rb, path)?;
-                let kept = match &cfg.ids {
-                    Some(set) => ids.values().iter().filter(|i| set.contains(i)).count(),
-                    None => ids.len(),
-                };
-                if kept > 0 {
-                    source.blocks.push(Block {
-                        file: fi,
-                        index: bi,
-                    });
-                    source.kept.push(kept);
-                    if first_image.is_none() {
-                        let full = read_block(path, &proj, bi)?;
-                        let ids = id_column(&full, path)?;
-                        let img = full.column(1);
-                        let row = (0..full.num_rows())
-                            .find(|&r| cfg.ids.as_ref().is_none_or(|s| s.contains(&ids.value(r))))
-                            .unwrap_or(0);
-                        let hint = size_columns(path, &schema, bi, row)?;
-                        first_image = Some((
-                            path.clone(),
-                            ids.value(row),
-                            image_bytes(img.as_ref(), row)?.to_vec(),
-                            hint,
-                        ));
+            mapped.push(m);
+        }
+        let format = format.flatten();
+        let mut rows = Vec::new();
+        for (fi, m) in mapped.iter().enumerate() {
+            for (bi, rb) in m.batches.iter().enumerate() {
+                let ids = id_column(rb)
+                    .ok_or_else(|| Error::file(&m.path, "`id` column is not uint64"))?;
+                for r in 0..rb.num_rows() {
+                    if cfg.ids.as_ref().is_none_or(|s| s.contains(&ids.value(r))) {
+                        rows.push(RowRef {
+                            file: fi as u32,
+                            batch: bi as u32,
+                            row: r as u32,
+                        });
                     }
                 }
             }
-            debug_assert!(source.blocks.iter().filter(|b| b.file == fi).count() <= n);
-            source.projection.push(proj);
         }
-        let rows: usize = source.kept.iter().sum();
-        let Some((path, id, bytes, hint)) = first_image else {
+        let table = Table {
+            files: mapped,
+            rows,
+            format,
+            has_labels: cfg.label_column.is_some(),
+        };
+        let Some(&first) = table.rows.first() else {
             return Err(Error::invalid(
                 "no images to load (the table is empty, or no row matches the id filter)",
             ));
         };
-        let (height, width) = probe_size(&bytes, hint)
-            .map_err(|e| Error::file(&path, format!("image id {id}: {e}")))?;
+        let stored =
+            stored::dimensions(table.bytes(first)?, table.format.as_ref()).map_err(|e| {
+                Error::file(
+                    table.path(first),
+                    format!("image id {}: {e}", table.id(first)),
+                )
+            })?;
+        let (height, width) = match cfg.augment {
+            Augment::None => stored,
+            Augment::Distorted { size } => (size, size),
+        };
+        let n = table.rows.len();
         let batches_per_epoch = if cfg.drop_last {
-            rows / cfg.batch_size
+            n / cfg.batch_size
         } else {
-            rows.div_ceil(cfg.batch_size)
+            n.div_ceil(cfg.batch_size)
         } as u64;
         if batches_per_epoch == 0 {
             return Err(Error::invalid(format!(
-                "batch size {} is larger than the {rows} rows to load; lower it",
+                "batch size {} is larger than the {n} rows to load; lower it",
                 cfg.batch_size
             )));
         }
         let (tx, rx) = sync_channel(cfg.prefetch.max(1));
         let producer = Producer {
-            source,
+            table,
             cfg,
             height,
             width,
+            stored,
             batches_per_epoch,
         };
         let handle = std::thread::Builder::new()
@@ -231,9 +278,10 @@ impl Loader {
         Ok(Loader {
             rx: Some(rx),
             handle: Some(handle),
-            rows,
+            rows: n,
             height,
             width,
+            stored,
             batches_per_epoch,
         })
     }
@@ -245,9 +293,13 @@ impl Loader {
     pub fn batches_per_epoch(&self) -> u64 {
         self.batches_per_epoch
     }
-    /// Image size (height, width), from the first image.
+    /// Size (height, width) of the tensors this loader yields.
     pub fn image_size(&self) -> (usize, usize) {
         (self.height, self.width)
+    }
+    /// Size (height, width) of the stored images, before any augmentation.
+    pub fn stored_size(&self) -> (usize, usize) {
+        self.stored
     }
 }
 
@@ -269,142 +321,97 @@ impl Drop for Loader {
 }
 
 struct Producer {
-    source: Source,
+    table: Table,
     cfg: LoaderConfig,
     height: usize,
     width: usize,
+    stored: (usize, usize),
     batches_per_epoch: u64,
 }
 
 impl Producer {
-    fn run(self, tx: std::sync::mpsc::SyncSender<Result<Batch>>) {
+    fn run(self, tx: SyncSender<Result<Batch>>) {
         if let Err(e) = self.epochs(&tx) {
             let _ = tx.send(Err(e));
         }
     }
 
+    /// The order of the rows in `epoch`: indices into `table.rows`.
+    fn order(&self, epoch: u64) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.table.rows.len() as u32).collect();
+        if let Order::Shuffle { seed } = self.cfg.order {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            rng.set_stream(epoch);
+            order.shuffle(&mut rng);
+        }
+        order
+    }
+
     /// Returns Ok when done or when the consumer hung up.
-    fn epochs(&self, tx: &std::sync::mpsc::SyncSender<Result<Batch>>) -> Result<()> {
+    fn epochs(&self, tx: &SyncSender<Result<Batch>>) -> Result<()> {
         let cfg = &self.cfg;
-        let start = Position {
-            epoch: cfg.skip_batches / self.batches_per_epoch,
-            batch: cfg.skip_batches % self.batches_per_epoch,
-        };
-        let mut epoch = start.epoch;
+        let b = cfg.batch_size;
+        let mut epoch = cfg.skip_batches / self.batches_per_epoch;
+        let mut first = cfg.skip_batches % self.batches_per_epoch;
         loop {
             if cfg.epochs.is_some_and(|n| epoch >= n) {
                 return Ok(());
             }
-            let mut rng = match cfg.order {
-                Order::Shuffle { seed } => {
-                    let mut r = ChaCha20Rng::seed_from_u64(seed);
-                    r.set_stream(epoch);
-                    Some(r)
-                }
-                Order::Sequential => None,
-            };
-            let mut order: Vec<usize> = (0..self.source.blocks.len()).collect();
-            if let Some(r) = rng.as_mut() {
-                order.shuffle(r);
-            }
-            let skip_to = if epoch == start.epoch { start.batch } else { 0 };
-            let mut batch_index = 0u64;
-            let mut pending: Vec<(Arc<RecordBatch>, usize, usize)> = Vec::new();
-            let window = cfg.shuffle_window.max(1);
-            for chunk in order.chunks(window) {
-                let mut rows = Vec::new();
-                for &b in chunk {
-                    let block = self.source.blocks[b];
-                    let path = &self.source.files[block.file];
-                    let rb = Arc::new(read_block(
-                        path,
-                        &self.source.projection[block.file],
-                        block.index,
-                    )?);
-                    let ids = id_column(&rb, path)?;
-                    for r in 0..rb.num_rows() {
-                        if cfg.ids.as_ref().is_none_or(|s| s.contains(&ids.value(r))) {
-                            rows.push((rb.clone(), block.file, r));
-                        }
-                    }
-                }
-                if let Some(r) = rng.as_mut() {
-                    rows.shuffle(r);
-                }
-                pending.extend(rows);
-                while pending.len() >= cfg.batch_size {
-                    let rows: Vec<_> = pending.drain(..cfg.batch_size).collect();
-                    if batch_index >= skip_to {
-                        let b = self.decode(
-                            &rows,
-                            Position {
-                                epoch,
-                                batch: batch_index,
-                            },
-                        )?;
-                        if tx.send(Ok(b)).is_err() {
-                            return Ok(());
-                        }
-                    }
-                    batch_index += 1;
-                }
-            }
-            if !pending.is_empty() && !cfg.drop_last && batch_index >= skip_to {
-                let b = self.decode(
-                    &pending,
-                    Position {
-                        epoch,
-                        batch: batch_index,
-                    },
-                )?;
-                if tx.send(Ok(b)).is_err() {
+            let order = self.order(epoch);
+            for batch in first..self.batches_per_epoch {
+                let start = batch as usize * b;
+                let end = (start + b).min(order.len());
+                let rows: Vec<RowRef> = order[start..end]
+                    .iter()
+                    .map(|&i| self.table.rows[i as usize])
+                    .collect();
+                let decoded = self.decode(&rows, Position { epoch, batch })?;
+                if tx.send(Ok(decoded)).is_err() {
                     return Ok(());
                 }
             }
+            first = 0;
             epoch += 1;
         }
     }
 
-    fn decode(
-        &self,
-        rows: &[(Arc<RecordBatch>, usize, usize)],
-        position: Position,
-    ) -> Result<Batch> {
+    fn decode(&self, rows: &[RowRef], position: Position) -> Result<Batch> {
         let (h, w) = (self.height, self.width);
         let per = 3 * h * w;
         let mut buf = vec![0f32; rows.len() * per];
-        let files = &self.source.files;
-        buf.par_chunks_mut(per).zip(rows.par_iter()).try_for_each(
-            |(out, (rb, file, r))| -> Result<()> {
-                let bytes = image_bytes(rb.column(1).as_ref(), *r)?;
-                decode_into(bytes, h, w, out).map_err(|e| {
-                    let id = rb
-                        .column(0)
-                        .as_any()
-                        .downcast_ref::<UInt64Array>()
-                        .map(|a| a.value(*r))
-                        .unwrap_or(0);
-                    Error::file(&files[*file], format!("image id {id}: {e}"))
-                })
-            },
-        )?;
-        let mut ids = Vec::with_capacity(rows.len());
-        let mut labels = Vec::new();
-        for (rb, file, r) in rows {
-            ids.push(id_column(rb, &files[*file])?.value(*r));
-            if self.cfg.label_column.is_some() {
-                let col = rb.column(2);
-                let l = col
-                    .as_any()
-                    .downcast_ref::<Int64Array>()
-                    .ok_or_else(|| Error::file(&files[*file], "label column is not int64"))?;
-                labels.push(if l.is_null(*r) {
-                    None
-                } else {
-                    Some(l.value(*r))
-                });
-            }
-        }
+        let t = &self.table;
+        buf.par_chunks_mut(per)
+            .zip(rows.par_iter())
+            .try_for_each(|(out, &r)| -> Result<()> {
+                let fail = |e: String| Error::file(t.path(r), format!("image id {}: {e}", t.id(r)));
+                let img = stored::decode(t.bytes(r)?, t.format.as_ref()).map_err(fail)?;
+                let (ih, iw) = (img.height() as usize, img.width() as usize);
+                if (ih, iw) != self.stored {
+                    return Err(fail(format!(
+                        "is {iw}x{ih}, the table's first image is {}x{}; images in one table must share a size",
+                        self.stored.1, self.stored.0
+                    )));
+                }
+                let pixels = match self.cfg.augment {
+                    Augment::None => img.into_raw(),
+                    Augment::Distorted { size } => {
+                        let seed = match self.cfg.order {
+                            Order::Shuffle { seed } => seed,
+                            Order::Sequential => 0,
+                        };
+                        distorted_crop(&img, size, crop_seed(seed, position.epoch, t.id(r)))
+                            .map_err(fail)?
+                    }
+                };
+                to_chw(&pixels, h * w, out);
+                Ok(())
+            })?;
+        let ids = rows.iter().map(|&r| t.id(r)).collect();
+        let labels = if t.has_labels {
+            rows.iter().map(|&r| t.label(r)).collect()
+        } else {
+            Vec::new()
+        };
         let images = Tensor::from_slice(&buf).view([rows.len() as i64, 3, h as i64, w as i64]);
         Ok(Batch {
             images,
@@ -415,185 +422,133 @@ impl Producer {
     }
 }
 
-fn read_block(path: &Path, projection: &[usize], index: usize) -> Result<RecordBatch> {
-    let mut reader = open_shard(path, Some(projection.to_vec()))?;
-    reader.set_index(index).at(path)?;
-    match reader.next() {
-        Some(rb) => rb.at(path),
-        None => Err(Error::file(
-            path,
-            format!("record batch {index} is missing"),
-        )),
-    }
+fn id_column(rb: &RecordBatch) -> Option<&UInt64Array> {
+    rb.column(0).as_any().downcast_ref::<UInt64Array>()
 }
 
-fn id_column<'a>(rb: &'a RecordBatch, path: &Path) -> Result<&'a UInt64Array> {
-    rb.column(0)
-        .as_any()
-        .downcast_ref::<UInt64Array>()
-        .ok_or_else(|| Error::file(path, "`id` column is not uint64"))
-}
-
-const PNG_MAGIC: &[u8] = b"\x89PNG";
-const JPEG_MAGIC: &[u8] = &[0xFF, 0xD8];
-
-/// The `height` and `width` columns of one row, when the table has them
-/// (raw pixel rows carry no header of their own).
-fn size_columns(
-    path: &Path,
-    schema: &arrow::datatypes::Schema,
-    block: usize,
-    row: usize,
-) -> Result<Option<(usize, usize)>> {
-    let (Ok(h), Ok(w)) = (schema.index_of("height"), schema.index_of("width")) else {
-        return Ok(None);
-    };
-    let rb = read_block(path, &[h, w], block)?;
-    let get = |c: usize| {
-        rb.column(c)
-            .as_any()
-            .downcast_ref::<arrow::array::Int32Array>()
-            .map(|a| a.value(row) as usize)
-    };
-    Ok(get(0).zip(get(1)))
-}
-
-/// (height, width) of an encoded image; raw RGB rows take `hint` (the
-/// table's height and width columns) when their length fits it, else are
-/// taken as square.
-pub fn probe_size(
-    bytes: &[u8],
-    hint: Option<(usize, usize)>,
-) -> std::result::Result<(usize, usize), String> {
-    if bytes.starts_with(PNG_MAGIC) || bytes.starts_with(JPEG_MAGIC) {
-        let r = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| e.to_string())?;
-        let (w, h) = r
-            .into_dimensions()
-            .map_err(|e| format!("cannot read the image header: {e}"))?;
-        Ok((h as usize, w as usize))
-    } else if let Some((h, w)) = hint.filter(|(h, w)| h * w * 3 == bytes.len()) {
-        Ok((h, w))
-    } else {
-        let side = ((bytes.len() / 3) as f64).sqrt().round() as usize;
-        if side * side * 3 == bytes.len() && side > 0 {
-            Ok((side, side))
-        } else {
-            Err(format!(
-                "{} bytes: neither PNG, JPEG nor square raw RGB",
-                bytes.len()
-            ))
-        }
-    }
-}
-
-/// Decodes one image into `out` (`3 * h * w` floats, channel-major, in [-1, 1]).
-pub fn decode_into(
-    bytes: &[u8],
-    h: usize,
-    w: usize,
-    out: &mut [f32],
-) -> std::result::Result<(), String> {
-    let hw = h * w;
+/// Interleaved RGB bytes to channel-major floats in [-1, 1].
+fn to_chw(rgb: &[u8], hw: usize, out: &mut [f32]) {
     let scale = |v: u8| v as f32 * (2.0 / 255.0) - 1.0;
-    if bytes.starts_with(PNG_MAGIC) || bytes.starts_with(JPEG_MAGIC) {
-        let img = image::load_from_memory(bytes).map_err(|e| format!("cannot decode: {e}"))?;
-        if (img.height() as usize, img.width() as usize) != (h, w) {
-            return Err(format!(
-                "is {}x{}, the table's first image is {w}x{h}; images in one table must share a size",
-                img.width(),
-                img.height()
-            ));
-        }
-        match img {
-            image::DynamicImage::ImageLuma8(g) => {
-                let px = g.as_raw();
-                for i in 0..hw {
-                    let v = scale(px[i]);
-                    out[i] = v;
-                    out[hw + i] = v;
-                    out[2 * hw + i] = v;
-                }
-            }
-            other => {
-                let rgb = other.into_rgb8();
-                let px = rgb.as_raw();
-                for i in 0..hw {
-                    out[i] = scale(px[3 * i]);
-                    out[hw + i] = scale(px[3 * i + 1]);
-                    out[2 * hw + i] = scale(px[3 * i + 2]);
-                }
-            }
-        }
-        Ok(())
-    } else if bytes.len() == 3 * hw {
-        for i in 0..hw {
-            out[i] = scale(bytes[3 * i]);
-            out[hw + i] = scale(bytes[3 * i + 1]);
-            out[2 * hw + i] = scale(bytes[3 * i + 2]);
-        }
-        Ok(())
-    } else {
-        Err(format!(
-            "{} bytes: neither PNG, JPEG nor {w}x{h} raw RGB",
-            bytes.len()
-        ))
+    for i in 0..hw {
+        out[i] = scale(rgb[3 * i]);
+        out[hw + i] = scale(rgb[3 * i + 1]);
+        out[2 * hw + i] = scale(rgb[3 * i + 2]);
     }
+}
+
+/// The seed of one image's crop in one epoch (splitmix64 of the three).
+fn crop_seed(seed: u64, epoch: u64, id: u64) -> u64 {
+    let mut z =
+        seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ id.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The crop box (left, top, side) compare_gan's `distorted` method draws
+/// for an image of `width`x`height`: aspect ratio 1, area uniform in
+/// [0.5, 1] of the image's, placed uniformly.
+pub fn distorted_box(width: u32, height: u32, seed: u64) -> (u32, u32, u32) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let area = rng.random_range(0.5..=1.0) * (width as f64 * height as f64);
+    let side = (area.sqrt().round() as u32).clamp(1, width.min(height));
+    let left = rng.random_range(0..=width - side);
+    let top = rng.random_range(0..=height - side);
+    (left, top, side)
+}
+
+/// The distorted crop of `img`, bilinear-resized to `size`x`size` RGB bytes.
+fn distorted_crop(
+    img: &image::RgbImage,
+    size: usize,
+    seed: u64,
+) -> std::result::Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let (left, top, side) = distorted_box(w, h, seed);
+    let view = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
+        .map_err(|e| format!("internal: bad pixel buffer ({e})"))?;
+    let mut dst = fr::images::Image::new(size as u32, size as u32, fr::PixelType::U8x3);
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
+        .crop(left as f64, top as f64, side as f64, side as f64);
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&view, &mut dst, &options))
+        .map_err(|e| format!("internal: resize failed ({e})"))?;
+    Ok(dst.into_vec())
+}
+
+thread_local! {
+    /// One resizer per decoding thread: it keeps its buffers between images.
+    static RESIZER: std::cell::RefCell<fr::Resizer> = std::cell::RefCell::new(fr::Resizer::new());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::stored::StoredCodec;
     use crate::shard::{image_column, schema, TableWriter};
     use arrow::array::{Int32Array, StringArray};
-    use std::sync::Arc as StdArc;
+    use std::collections::BTreeMap;
 
-    /// Writes an images table of `n` 4x6 images whose pixels encode their id;
-    /// every third row is raw RGB, the rest PNG (grey for odd ids).
-    pub(crate) fn write_table(
+    const SIDE: u32 = 4;
+
+    fn encode(id: u64, raw: bool) -> Vec<u8> {
+        let v = (id % 250) as u8;
+        if raw {
+            return vec![v; (SIDE * SIDE * 3) as usize];
+        }
+        let mut b = Vec::new();
+        if id % 2 == 1 {
+            image::GrayImage::from_pixel(SIDE, SIDE, image::Luma([v]))
+                .write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
+                .unwrap();
+        } else {
+            image::RgbImage::from_pixel(SIDE, SIDE, image::Rgb([v, v, v]))
+                .write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
+                .unwrap();
+        }
+        b
+    }
+
+    /// Writes an images table of `n` 4x4 images whose pixels encode their
+    /// id, `rows_per_batch` rows a record batch, labels from `label_of`.
+    /// Without `format`, every third row is raw RGB (a table from before
+    /// the format was recorded); with it, every row is stored that way.
+    fn write_table(
         dir: &std::path::Path,
         n: u64,
         rows_per_batch: usize,
+        format: Option<StoredImage>,
+        label_of: impl Fn(u64) -> i64,
     ) -> Vec<PathBuf> {
         let names = vec!["a".to_string(), "b".to_string()];
-        let sch = schema::images(&names);
+        let mut sch = schema::images(&names);
+        if let Some(f) = &format {
+            sch = f.attach(&sch);
+        }
         let mut w = TableWriter::new(dir, "images", sch.clone(), 25);
         let mut start = 0;
         while start < n {
             let end = (start + rows_per_batch as u64).min(n);
-            let mut encoded = Vec::new();
-            for id in start..end {
-                let v = (id % 250) as u8;
-                let bytes = if id % 3 == 0 {
-                    vec![v; 4 * 6 * 3]
-                } else if id % 2 == 1 {
-                    let img = image::GrayImage::from_pixel(6, 4, image::Luma([v]));
-                    let mut b = Vec::new();
-                    img.write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
-                        .unwrap();
-                    b
-                } else {
-                    let img = image::RgbImage::from_pixel(6, 4, image::Rgb([v, v, v]));
-                    let mut b = Vec::new();
-                    img.write_to(&mut std::io::Cursor::new(&mut b), image::ImageFormat::Png)
-                        .unwrap();
-                    b
-                };
-                encoded.push(bytes);
-            }
-            let k = (end - start) as usize;
             let ids: Vec<u64> = (start..end).collect();
+            let encoded: Vec<Vec<u8>> = ids
+                .iter()
+                .map(|&id| match format {
+                    Some(f) => encode(id, f.codec == StoredCodec::Raw),
+                    None => encode(id, id % 3 == 0),
+                })
+                .collect();
+            let k = ids.len();
             let rb = RecordBatch::try_new(
                 sch.clone(),
                 vec![
-                    StdArc::new(UInt64Array::from(ids.clone())),
-                    StdArc::new(StringArray::from(vec!["x"; k])),
-                    StdArc::new(Int64Array::from(
-                        ids.iter().map(|i| Some((i % 2) as i64)).collect::<Vec<_>>(),
+                    Arc::new(UInt64Array::from(ids.clone())),
+                    Arc::new(StringArray::from(vec!["x"; k])),
+                    Arc::new(Int64Array::from(
+                        ids.iter().map(|&i| Some(label_of(i))).collect::<Vec<_>>(),
                     )),
-                    StdArc::new(Int32Array::from(vec![6; k])),
-                    StdArc::new(Int32Array::from(vec![4; k])),
+                    Arc::new(Int32Array::from(vec![640; k])),
+                    Arc::new(Int32Array::from(vec![480; k])),
                     image_column(encoded.iter().map(|b| (b.as_slice(), None))),
                 ],
             )
@@ -615,30 +570,50 @@ mod tests {
             .collect()
     }
 
+    fn check_pixels(b: &Batch) {
+        for (i, id) in b.ids.iter().enumerate() {
+            let want = (id % 250) as f64 * 2.0 / 255.0 - 1.0;
+            let got = b.images.get(i as i64);
+            let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
+            assert!(
+                (lo - want).abs() < 1e-6 && (hi - want).abs() < 1e-6,
+                "id {id}: {lo}..{hi} vs {want}"
+            );
+        }
+    }
+
     #[test]
     fn sequential_reads_every_row_once_with_right_pixels() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_table(dir.path(), 103, 10);
+        let files = write_table(dir.path(), 103, 10, None, |i| (i % 2) as i64);
         let mut cfg = LoaderConfig::sequential(16);
         cfg.label_column = Some("label".into());
         let loader = Loader::new(files.clone(), cfg).unwrap();
         assert_eq!(loader.rows(), 103);
         assert_eq!(loader.batches_per_epoch(), 7);
-        assert_eq!(loader.image_size(), (4, 6));
+        assert_eq!(loader.image_size(), (4, 4));
         let batches: Vec<Batch> = loader.map(|b| b.unwrap()).collect();
         let ids: Vec<u64> = batches.iter().flat_map(|b| b.ids.clone()).collect();
         assert_eq!(ids, (0..103).collect::<Vec<_>>());
         for b in &batches {
-            assert_eq!(b.images.size()[1..], [3, 4, 6]);
+            assert_eq!(b.images.size()[1..], [3, 4, 4]);
+            check_pixels(b);
             for (i, id) in b.ids.iter().enumerate() {
-                let want = (id % 250) as f64 * 2.0 / 255.0 - 1.0;
-                let got = b.images.get(i as i64);
-                let (lo, hi) = (got.min().double_value(&[]), got.max().double_value(&[]));
-                assert!(
-                    (lo - want).abs() < 1e-6 && (hi - want).abs() < 1e-6,
-                    "id {id}: {lo}..{hi} vs {want}"
-                );
                 assert_eq!(b.labels[i], Some((id % 2) as i64));
+            }
+        }
+    }
+
+    /// Raw rows take their size from the recorded format, never from the
+    /// width/height columns (the source's 640x480 here).
+    #[test]
+    fn every_stored_codec_reads_the_same() {
+        for codec in [StoredCodec::Raw, StoredCodec::Png] {
+            let dir = tempfile::tempdir().unwrap();
+            let f = StoredImage { codec, size: SIDE };
+            let files = write_table(dir.path(), 20, 7, Some(f), |_| 0);
+            for b in collect(&files, LoaderConfig::sequential(8)) {
+                check_pixels(&b);
             }
         }
     }
@@ -646,10 +621,9 @@ mod tests {
     #[test]
     fn shuffle_is_seeded_per_epoch_and_resumes_exactly() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_table(dir.path(), 100, 10);
+        let files = write_table(dir.path(), 100, 10, None, |_| 0);
         let mut cfg = LoaderConfig::train(8, 42);
         cfg.epochs = Some(3);
-        cfg.shuffle_window = 3;
         let all = collect(&files, cfg.clone());
         assert_eq!(all.len(), 3 * 12);
         let epoch_ids = |e: u64| -> Vec<u64> {
@@ -664,6 +638,9 @@ mod tests {
         s.sort();
         s.dedup();
         assert_eq!(s.len(), 96, "no row twice in an epoch");
+        for b in &all {
+            check_pixels(b);
+        }
         // Same seed, same order; resuming mid-epoch gives the same tail.
         let again = collect(&files, cfg.clone());
         assert_eq!(
@@ -680,10 +657,78 @@ mod tests {
         }
     }
 
+    /// A table sorted by class (as ImageNet's listing is): every batch of
+    /// the first epoch holds the classes in the data's proportions.
+    #[test]
+    fn batches_of_a_class_sorted_table_mix_all_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        // 20 classes of 50 rows, class by class, 25 rows per record batch.
+        let files = write_table(dir.path(), 1000, 25, None, |i| (i / 50) as i64);
+        let mut cfg = LoaderConfig::train(100, 7);
+        cfg.label_column = Some("label".into());
+        cfg.epochs = Some(1);
+        let batches = collect(&files, cfg);
+        assert_eq!(batches.len(), 10);
+        let mut total: BTreeMap<i64, usize> = BTreeMap::new();
+        for b in &batches {
+            let mut per: BTreeMap<i64, usize> = BTreeMap::new();
+            for l in &b.labels {
+                *per.entry(l.unwrap()).or_default() += 1;
+            }
+            // 5 expected of each class per batch of 100: a window shuffle over a
+            // few record batches would give 2-4 classes, here nearly all appear.
+            assert!(
+                per.len() >= 17,
+                "only {} classes in a batch: {per:?}",
+                per.len()
+            );
+            assert!(per.values().all(|&c| c <= 13), "{per:?}");
+            for (k, v) in per {
+                *total.entry(k).or_default() += v;
+            }
+        }
+        assert_eq!(total.len(), 20);
+        assert!(
+            total.values().all(|&c| c == 50),
+            "an epoch is every row once"
+        );
+    }
+
+    #[test]
+    fn distorted_crops_follow_compare_gan_and_are_reproducible() {
+        for seed in 0..200u64 {
+            let (l, t, side) = distorted_box(160, 160, seed);
+            let area = (side * side) as f64 / (160.0 * 160.0);
+            assert!((0.49..=1.0).contains(&area), "area {area}");
+            assert!(l + side <= 160 && t + side <= 160);
+        }
+        assert_ne!(distorted_box(160, 160, 1), distorted_box(160, 160, 2));
+        assert_eq!(crop_seed(1, 2, 3), crop_seed(1, 2, 3));
+        assert_ne!(crop_seed(1, 2, 3), crop_seed(1, 3, 3));
+        // Through the loader: the training size, redrawn each epoch, identical on resume.
+        let dir = tempfile::tempdir().unwrap();
+        let big = StoredImage {
+            codec: StoredCodec::Png,
+            size: SIDE,
+        };
+        let files = write_table(dir.path(), 16, 8, Some(big), |_| 0);
+        let mut cfg = LoaderConfig::train(4, 3);
+        cfg.augment = Augment::Distorted { size: 2 };
+        cfg.epochs = Some(2);
+        let all = collect(&files, cfg.clone());
+        assert_eq!(all[0].images.size(), vec![4, 3, 2, 2]);
+        for b in &all {
+            check_pixels(b); // flat images: every crop has the id's value
+        }
+        cfg.skip_batches = 5;
+        let tail = collect(&files, cfg);
+        assert!(tail[0].images.equal(&all[5].images));
+    }
+
     #[test]
     fn id_filter_keeps_only_those_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let files = write_table(dir.path(), 60, 7);
+        let files = write_table(dir.path(), 60, 7, None, |_| 0);
         let keep: HashSet<u64> = [3u64, 17, 18, 40, 59].into_iter().collect();
         let mut cfg = LoaderConfig::sequential(2);
         cfg.ids = Some(Arc::new(keep));
@@ -705,11 +750,11 @@ mod tests {
         let rb = RecordBatch::try_new(
             sch,
             vec![
-                StdArc::new(UInt64Array::from(vec![0u64, 1])),
-                StdArc::new(StringArray::from(vec!["x"; 2])),
-                StdArc::new(Int64Array::from(vec![None::<i64>, None])),
-                StdArc::new(Int32Array::from(vec![2; 2])),
-                StdArc::new(Int32Array::from(vec![2; 2])),
+                Arc::new(UInt64Array::from(vec![0u64, 1])),
+                Arc::new(StringArray::from(vec!["x"; 2])),
+                Arc::new(Int64Array::from(vec![None::<i64>, None])),
+                Arc::new(Int32Array::from(vec![2; 2])),
+                Arc::new(Int32Array::from(vec![2; 2])),
                 image_column([(good.as_slice(), None), (bad.as_slice(), None)]),
             ],
         )
