@@ -3,9 +3,15 @@
 //! `MASTER_ADDR`, `MASTER_PORT` set by the test, or torchrun itself). The
 //! engine: collectives between two processes of this test binary (it
 //! re-runs itself as the workers), a rendezvous that names the rank that
-//! did not come, a rank that fails or is killed stops the other.
+//! did not come, a rank that fails or is killed stops the other; then
+//! `train-gan` under the real torchrun and `pretrain` on two ranks against
+//! one process accumulating the same batches, one set of outputs, and a
+//! 2-rank `train-gan` whose rank 1 is killed: rank 0 stops with an error,
+//! and the same command resumes to the single process's weights.
 mod common;
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -274,4 +280,347 @@ fn a_failing_or_killed_rank_stops_the_others() {
         "{}",
         common::text(&o1)
     );
+}
+
+// ---- The training stages on two ranks (real Fashion-MNIST, tiny networks). ----
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// `train-gan` flags of the tiny s3gan both sides of a comparison share.
+fn gan_args<'a>(data: &'a str, out: &'a str, batch: &'a str, accum: &'a str) -> Vec<&'a str> {
+    vec![
+        "train-gan",
+        "--data",
+        data,
+        "--output",
+        out,
+        "--mode",
+        "s3gan",
+        "--steps",
+        "4",
+        "--sample-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--resolution",
+        "32",
+        "--ch",
+        "4",
+        "--batch-size",
+        batch,
+        "--accumulation",
+        accum,
+        "--rotated-batch-fraction",
+        "2",
+        "--log-every",
+        "1",
+        "--standing-batches",
+        "2",
+        "--grid-rows",
+        "2",
+        "--grid-cols",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+}
+
+/// The reference of a 2-rank run of global batch B: one process with
+/// batch B/2 accumulating 2 batches (the same images, latents and per-batch
+/// batch norm; see src/gan/train.rs).
+const GAN_TWO: (&str, &str) = ("16", "1");
+const GAN_ONE: (&str, &str) = ("8", "2");
+
+/// Tolerance on weights and logged losses: float sums in another order
+/// (an average of two ranks' gradients against a sum of halves). Measured
+/// here: 0, bit-identical.
+const TOL: f64 = 1e-5;
+
+/// Every floating-point tensor of two safetensors files, except batch
+/// norm's running statistics (each rank keeps its own; rank 0's are saved).
+fn assert_close_weights(a: &Path, b: &Path) {
+    let read = |p: &Path| -> BTreeMap<String, Tensor> {
+        Tensor::read_safetensors(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .into_iter()
+            .filter(|(k, t)| {
+                t.is_floating_point() && !k.contains("running_") && !k.starts_with("__")
+            })
+            .collect()
+    };
+    let (ta, tb) = (read(a), read(b));
+    assert!(ta.len() > 10, "{}: {} tensors", a.display(), ta.len());
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    for (k, x) in &ta {
+        let d = (x.to_kind(Kind::Double) - tb[k].to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            d <= TOL,
+            "{k}: differs by {d} between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// The logged losses and accuracies (not the speeds) of two runs, step by step.
+fn assert_close_metrics(a: &Path, b: &Path) {
+    let read = |p: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .expect("metrics.jsonl")
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect()
+    };
+    let (ma, mb) = (read(a), read(b));
+    assert!(!ma.is_empty());
+    assert_eq!(ma.len(), mb.len());
+    for (x, y) in ma.iter().zip(&mb) {
+        let (x, y) = (x.as_object().unwrap(), y.as_object().unwrap());
+        assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+        for (k, v) in x {
+            if k.contains("speed") || k.contains("per_s") {
+                continue;
+            }
+            let (v, w) = (v.as_f64(), y[k].as_f64());
+            if let (Some(v), Some(w)) = (v, w) {
+                assert!(
+                    (v - w).abs() <= TOL * v.abs().max(1.0),
+                    "{k}: {v} against {w} ({x:?})"
+                );
+            }
+        }
+    }
+}
+
+/// torchrun from the cached torch environment.
+fn torchrun() -> Command {
+    let python = PathBuf::from(common::setup_var("FEWLABELS_PYTHON"));
+    let mut cmd = Command::new(python.with_file_name("torchrun"));
+    cmd.env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SLURM_PROCID")
+        .env("FEWLABELS_DIST_TIMEOUT", "60");
+    cmd
+}
+
+#[test]
+fn train_gan_under_torchrun_matches_one_process_and_writes_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (data, _) = common::train_shards(tmp.path(), "subset", 64, 32, Some("0.2"));
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let o = common::run(&gan_args(s(&data), s(&one), GAN_ONE.0, GAN_ONE.1));
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    let mut cmd = torchrun();
+    cmd.args(["--no-python", "--standalone", "--nproc-per-node", "2"])
+        .arg(env!("CARGO_BIN_EXE_fewlabels"))
+        .arg("--json")
+        .args(gan_args(s(&data), s(&two), GAN_TWO.0, GAN_TWO.1));
+    let o = wait_for(piped(cmd), Duration::from_secs(300), "torchrun train-gan");
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    assert_close_metrics(&one, &two);
+    assert_close_weights(
+        &one.join("checkpoints/ckpt-00000004.safetensors"),
+        &two.join("checkpoints/ckpt-00000004.safetensors"),
+    );
+    // One set of outputs: one summary (rank 0's), one event file, one
+    // manifest that knows the world size.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let summaries: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert_eq!(summaries.len(), 1, "{}", common::text(&o));
+    assert_eq!(summaries[0]["counts"]["world_size"], 2);
+    let events = std::fs::read_dir(two.join("tensorboard"))
+        .expect("tensorboard")
+        .count();
+    assert_eq!(events, 1);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.join("_stage.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(m["counts"]["world_size"], 2);
+    assert!(two.join("ema.safetensors").exists() && two.join("samples/step-00000004.png").exists());
+}
+
+/// `fewlabels ARGS` as `rank` of 2, with torchrun's variables set here.
+fn rank_of_two(args: &[&str], rank: usize, port: u16) -> Command {
+    let mut cmd = common::bin();
+    cmd.args(args).env("FEWLABELS_DIST_TIMEOUT", "60");
+    rank_env(&mut cmd, rank, 2, port);
+    cmd
+}
+
+/// Both ranks of a job, to their ends (rank 0's output first).
+fn two_ranks(args: &[&str], what: &str) -> (Output, Output) {
+    let port = free_port();
+    let c0 = piped(rank_of_two(args, 0, port));
+    let c1 = piped(rank_of_two(args, 1, port));
+    let o0 = wait_for(c0, Duration::from_secs(300), what);
+    let o1 = wait_for(c1, Duration::from_secs(300), what);
+    (o0, o1)
+}
+
+#[test]
+fn pretrain_on_two_ranks_matches_one_process() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let images = common::prepared_fashion(200, 16, None);
+    let labels = tmp.path().join("labels");
+    common::ok_json(&[
+        "sample-labels",
+        "--images",
+        s(&images),
+        "--fraction",
+        "0.3",
+        "--holdout",
+        "0.05",
+        "--output",
+        s(&labels),
+    ]);
+    let args = |out: &Path, batch: &'static str, labelled: &'static str, accum: &'static str| {
+        [
+            "pretrain",
+            "--images",
+            s(&images),
+            "--labels",
+            s(&labels),
+            "--output",
+            s(out),
+            "--arch",
+            "tiny",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--lr",
+            "0.05",
+            "--warmup-steps",
+            "2",
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "3",
+            "--eval-every",
+            "3",
+            "--log-every",
+            "2",
+            "--batch-size",
+            batch,
+            "--labelled-batch-size",
+            labelled,
+            "--accumulation",
+            accum,
+        ]
+        .map(str::to_string)
+        .to_vec()
+    };
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let a = args(&one, "8", "4", "2");
+    let o = common::run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", common::text(&o));
+    let a = args(&two, "16", "8", "1");
+    let (o0, o1) = two_ranks(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "pretrain",
+    );
+    assert!(o0.status.success(), "rank 0: {}", common::text(&o0));
+    assert!(o1.status.success(), "rank 1: {}", common::text(&o1));
+    assert_close_metrics(&one, &two);
+    assert_close_weights(
+        &one.join("model.safetensors"),
+        &two.join("model.safetensors"),
+    );
+
+    // A batch the ranks cannot share is refused before anything runs.
+    let a = args(&tmp.path().join("odd"), "15", "8", "1");
+    let (o0, _) = two_ranks(
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        "pretrain",
+    );
+    assert_eq!(o0.status.code(), Some(2), "{}", common::text(&o0));
+    assert!(
+        String::from_utf8_lossy(&o0.stderr)
+            .contains("--batch-size 15: must be a multiple of the 2 ranks"),
+        "{}",
+        common::text(&o0)
+    );
+}
+
+#[test]
+fn a_killed_rank_stops_train_gan_and_the_two_rank_run_resumes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (data, _) = common::train_shards(tmp.path(), "subset", 64, 32, Some("0.2"));
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let o = common::run(&gan_args(s(&data), s(&one), GAN_ONE.0, GAN_ONE.1));
+    assert!(o.status.success(), "{}", common::text(&o));
+
+    // Both ranks, slowed down; rank 1 is killed (SIGKILL) after the first checkpoint.
+    let args = gan_args(s(&data), s(&two), GAN_TWO.0, GAN_TWO.1);
+    let port = free_port();
+    let mut c0 = rank_of_two(&args, 0, port);
+    let mut c1 = rank_of_two(&args, 1, port);
+    for c in [&mut c0, &mut c1] {
+        c.env("FEWLABELS_TEST_STEP_DELAY_MS", "400");
+    }
+    let (c0, mut c1) = (piped(c0), piped(c1));
+    let first = two.join("checkpoints/ckpt-00000002.safetensors");
+    let t0 = Instant::now();
+    while !first.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(200),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    c1.kill().expect("SIGKILL");
+    let _ = c1.wait();
+    let o0 = wait_for(
+        c0,
+        Duration::from_secs(90),
+        "rank 0 after rank 1 was killed",
+    );
+    assert_eq!(o0.status.code(), Some(1), "{}", common::text(&o0));
+    let err = String::from_utf8_lossy(&o0.stderr);
+    assert!(
+        err.contains("error: rank 0 of 2: ")
+            && err.contains("another rank stopped or lost its connection"),
+        "{}",
+        common::text(&o0)
+    );
+    assert!(
+        !two.join("_stage.json").exists(),
+        "the stopped run must not look finished"
+    );
+
+    // The same command on two ranks resumes and ends where one process does.
+    let (o0, o1) = two_ranks(&args, "the resumed train-gan");
+    assert!(o0.status.success(), "rank 0: {}", common::text(&o0));
+    assert!(o1.status.success(), "rank 1: {}", common::text(&o1));
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(two.join("_stage.json")).expect("manifest"))
+            .expect("json");
+    let from = m["counts"]["resumed_from_step"].as_u64().expect("count");
+    assert!(from >= 2, "resumed from step {from}");
+    assert_close_weights(
+        &one.join("checkpoints/ckpt-00000004.safetensors"),
+        &two.join("checkpoints/ckpt-00000004.safetensors"),
+    );
+    let steps: Vec<u64> = std::fs::read_to_string(two.join("metrics.jsonl"))
+        .expect("metrics")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("json")["step"]
+                .as_u64()
+                .expect("step")
+        })
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3, 4]);
 }
