@@ -267,18 +267,23 @@ fn a_failing_or_killed_rank_stops_the_others() {
     std::thread::sleep(Duration::from_millis(300));
     c0.kill().expect("SIGKILL");
     let _ = c0.wait();
-    let o1 = wait_for(
-        c1,
-        Duration::from_secs(60),
-        "rank 1 after rank 0 was killed",
+    survives_lost_peer(c1, "error: rank 1 of 2: the test's barrier failed:");
+}
+
+/// Waits for the rank whose peer was killed: it must stop (not hang) with
+/// exit 1, `expect` and the lost connection in its error.
+fn survives_lost_peer(child: Child, expect: &str) {
+    let o = wait_for(
+        child,
+        Duration::from_secs(90),
+        "a rank whose peer was killed",
     );
-    assert_eq!(o1.status.code(), Some(1), "{}", common::text(&o1));
-    let err = String::from_utf8_lossy(&o1.stderr);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("error: rank 1 of 2: the test's barrier failed:")
-            && err.contains("another rank stopped or lost its connection"),
+        err.contains(expect) && err.contains("another rank stopped or lost its connection"),
         "{}",
-        common::text(&o1)
+        common::text(&o)
     );
 }
 
@@ -582,19 +587,7 @@ fn a_killed_rank_stops_train_gan_and_the_two_rank_run_resumes() {
     }
     c1.kill().expect("SIGKILL");
     let _ = c1.wait();
-    let o0 = wait_for(
-        c0,
-        Duration::from_secs(90),
-        "rank 0 after rank 1 was killed",
-    );
-    assert_eq!(o0.status.code(), Some(1), "{}", common::text(&o0));
-    let err = String::from_utf8_lossy(&o0.stderr);
-    assert!(
-        err.contains("error: rank 0 of 2: ")
-            && err.contains("another rank stopped or lost its connection"),
-        "{}",
-        common::text(&o0)
-    );
+    survives_lost_peer(c0, "error: rank 0 of 2: ");
     assert!(
         !two.join("_stage.json").exists(),
         "the stopped run must not look finished"
