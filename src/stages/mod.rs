@@ -179,6 +179,12 @@ impl RunDirs {
         self
     }
 
+    /// `self` with `slot` holding `dir` alone.
+    pub fn replace(mut self, slot: &Slot, dir: impl Into<PathBuf>) -> Self {
+        self.slots.insert(slot.flag, vec![dir.into()]);
+        self
+    }
+
     /// The folder given for `slot`, if any.
     pub fn get(&self, slot: &Slot) -> Option<&Path> {
         self.all(slot).first().map(PathBuf::as_path)
