@@ -5,6 +5,9 @@
 #    benchmarks compare with (scripts/requirements.txt);
 #  - the real data the tests and the demo use: Debian's dataset-fashion-mnist
 #    and the 20 ImageNet photos inside PyPI foolbox==3.3.4;
+#  - the headers the distributed shim needs: Debian's libgloo-dev (CPU
+#    collectives) and, in the Python environment, the CUDA CCCL headers
+#    beside torch's NCCL and CUDA ones;
 #  - build/env.mk, which points the build at the cached libtorch.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,15 +29,21 @@ if ! cmp -s "$req" "$stamp" 2>/dev/null; then
 fi
 libtorch=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 
-# 2. Fashion-MNIST from Debian (needs root, as CI and the dev machines have).
+# 2. Debian packages (needs root, as CI and the dev machines have): the
+#    Fashion-MNIST data, and gloo's headers, which the distributed shim
+#    compiles against for CPU collectives (the torch wheel carries gloo
+#    inside libtorch_cpu.so but not its headers; nothing links Debian's
+#    libgloo itself).
 fm=/usr/share/datasets/fashion-mnist
-if [ ! -f "$fm/train-images-idx3-ubyte.gz" ]; then
-  log "installing Debian package dataset-fashion-mnist"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  fi
+debs=()
+[ -f "$fm/train-images-idx3-ubyte.gz" ] || debs+=(dataset-fashion-mnist)
+[ -f /usr/include/gloo/config.h ] || debs+=(libgloo-dev)
+if [ ${#debs[@]} -gt 0 ]; then
+  log "installing Debian packages ${debs[*]}"
+  sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
 # 3. The 20 ImageNet JPEGs shipped inside foolbox's wheel (unzipped, never imported).

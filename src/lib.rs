@@ -5,9 +5,11 @@
 //! Layers, top to bottom (arrows only point down): [`pipeline`] (pipeline
 //! files, the run loop) -> [`stages`] (one module per stage) -> building
 //! blocks ([`shard`], [`codec`], [`models`], [`gan`], [`metrics`]) -> core
-//! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`]).
+//! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`], and
+//! [`dist`], the data-parallel process group).
 pub mod codec;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod fsutil;
 pub mod gan;

@@ -59,6 +59,9 @@ fn dispatch(name: &str, m: &ArgMatches, json: bool) -> Result<()> {
     if let Some(stage) = stages::REGISTRY.iter().find(|s| s.name().as_str() == name) {
         return stage.main(m);
     }
+    if name != "doctor" {
+        stages::join_launch(name, false, device::DeviceChoice::Cpu)?;
+    }
     match name {
         "generate" => train_gan::generate_main(parsed(m)?),
         "bench-gan" => train_gan::bench_main(parsed(m)?),

@@ -8,6 +8,19 @@
 //! at any point resumes from its last checkpoint and ends with the weights
 //! an uninterrupted run would have had (CPU; CUDA kernels may differ in the
 //! last bits).
+//!
+//! Data-parallel ([`Dist`]): `batch_size` is the global batch. Each of the
+//! W ranks takes B/W real images and B/W fakes per accumulated batch, with
+//! its own batch-norm statistics (per rank, as BigGAN-PyTorch's replicas
+//! have), and the gradients are averaged once per update. Rank r's k-th
+//! batch draws the latents (and reads the data) a single process with
+//! batch B/W and accumulation A x W draws for its batch k x W + r, so such
+//! a run is the reference the 2-rank test is held to; spectral norm's power
+//! iteration, which moves once per training forward, is moved W - 1 more
+//! times per forward on each rank for the same reason (a few
+//! matrix-vector products per layer). Batch-norm running statistics are
+//! rank 0's. Rank 0 alone reads a checkpoint (its state is broadcast) and
+//! writes anything.
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -18,6 +31,7 @@ use serde_json::json;
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use crate::dist::Dist;
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::write_atomic;
 use crate::gan::ema::{standing_stats, Ema};
@@ -28,7 +42,7 @@ use crate::gan::sample::{grid_inputs, grid_png, ModelInfo, EMA_FILE, MODEL_FILE}
 use crate::gan::seed_all;
 use crate::gan::tfevents::EventWriter;
 use crate::models::biggan::{parameter_count, Config, Discriminator, Generator, Projection};
-use crate::models::layers::LayerCtx;
+use crate::models::layers::{advance_spectral_norms, LayerCtx};
 use crate::train::checkpoint::{load_variables, named_variables, Checkpoints};
 use crate::train::loader::{Augment, Loader, LoaderConfig};
 use crate::train::log::MetricsLog;
@@ -74,21 +88,32 @@ pub struct Scalars(BTreeMap<String, (f64, u64)>);
 
 impl Scalars {
     fn add(&mut self, k: &str, v: f64) {
+        // The key is kept even for NaN, so every rank holds the same keys.
+        let e = self.0.entry(k.to_string()).or_insert((0.0, 0));
         if v.is_nan() {
             return;
         }
-        let e = self.0.entry(k.to_string()).or_insert((0.0, 0));
         e.0 += v;
         e.1 += 1;
     }
-    fn take(&mut self) -> Vec<(String, f64)> {
+
+    /// The means since the last call, over every rank's values.
+    fn take(&mut self, dist: Dist) -> Result<Vec<(String, f64)>> {
+        if dist.world() > 1 {
+            let mut v: Vec<f64> = self.0.values().flat_map(|(s, n)| [*s, *n as f64]).collect();
+            dist.sum_f64(&mut v)?;
+            for ((s, n), pair) in self.0.values_mut().zip(v.chunks(2)) {
+                (*s, *n) = (pair[0], pair[1] as u64);
+            }
+        }
         let out = self
             .0
             .iter()
+            .filter(|(_, (_, n))| *n > 0)
             .map(|(k, (s, n))| (k.clone(), s / *n as f64))
             .collect();
         self.0.clear();
-        out
+        Ok(out)
     }
 }
 
@@ -127,13 +152,29 @@ pub struct Gan {
     pub opt_d: Optimizer,
     pub ema: Ema,
     layout: Option<RotationLayout>,
+    /// The job this process is a rank of, and its share of each batch.
+    pub dist: Dist,
+    pub local_batch: i64,
 }
 
 impl Gan {
     pub fn new(cfg: &TrainConfig, device: Device) -> Result<Self> {
+        Self::on(cfg, device, Dist::single())
+    }
+
+    /// The GAN of one rank of `dist`: B / W images of each batch.
+    pub fn on(cfg: &TrainConfig, device: Device, dist: Dist) -> Result<Self> {
+        let world = dist.world() as i64;
+        if cfg.batch_size % world != 0 {
+            return Err(Error::invalid(format!(
+                "batch size {} over {world} ranks: the world size must divide the batch",
+                cfg.batch_size
+            )));
+        }
+        let local_batch = cfg.batch_size / world;
         let layout = if cfg.mode.rotation() {
             Some(RotationLayout::new(
-                cfg.batch_size,
+                local_batch,
                 cfg.rotated_batch_fraction,
             )?)
         } else {
@@ -163,13 +204,53 @@ impl Gan {
             opt_d,
             ema,
             layout,
+            dist,
+            local_batch,
         })
+    }
+
+    /// The number of this rank's k-th accumulated batch among everyone's:
+    /// k x W + r (k itself in a single process).
+    pub fn micro(&self, k: u64) -> u64 {
+        k * self.dist.world() as u64 + self.dist.rank() as u64
+    }
+
+    /// Runs a training forward of the network in `vs` as this rank's share
+    /// of the job's: spectral norm moves for the ranks before it, then for
+    /// those after it, as one process running all of them in turn would.
+    fn forward<T>(&self, vs: &VarStore, f: impl FnOnce() -> T) -> T {
+        let (r, w) = (self.dist.rank() as u64, self.dist.world() as u64);
+        advance_spectral_norms(vs, r);
+        let out = f();
+        advance_spectral_norms(vs, w - 1 - r);
+        out
+    }
+
+    /// Makes every rank's weights, EMA and optimiser state rank 0's.
+    pub fn sync_from_rank0(&mut self) -> Result<()> {
+        if !self.dist.is_launched() {
+            return Ok(());
+        }
+        // The step counters are plain numbers, not tensors the broadcast can fill.
+        let steps = ["opt_g.step", "opt_d.step"];
+        let tensors: Vec<Tensor> = self
+            .state()
+            .into_iter()
+            .filter(|(k, _)| !steps.contains(&k.as_str()))
+            .map(|(_, t)| t)
+            .collect();
+        self.dist.broadcast_from_rank0(&tensors)?;
+        let g = self.dist.broadcast_u64(self.opt_g.steps())?;
+        self.opt_g.set_steps(g);
+        let d = self.dist.broadcast_u64(self.opt_d.steps())?;
+        self.opt_d.set_steps(d);
+        Ok(())
     }
 
     /// z and sampled labels for the fakes of (step, phase, k).
     fn latents(&self, step: u64, phase: u64, k: u64) -> (Tensor, Tensor) {
-        seed_all(self.cfg.seed, &[step, phase, k]);
-        let b = self.cfg.batch_size;
+        seed_all(self.cfg.seed, &[step, phase, self.micro(k)]);
+        let b = self.local_batch;
         let z = Tensor::randn([b, self.cfg.model.z_dim], (Kind::Float, self.device));
         let y = Tensor::randint(self.cfg.model.n_classes, [b], (Kind::Int64, self.device));
         (z, y)
@@ -234,8 +315,9 @@ impl Gan {
         let accum = batches.len() as f64;
         for (k, real) in batches.iter().enumerate() {
             let (z, yf) = self.latents(step, 1 + d, k as u64);
-            let b = self.cfg.batch_size;
-            let fake = tch::no_grad(|| self.g.forward_t(&z, &yf, true));
+            let b = self.local_batch;
+            let fake =
+                tch::no_grad(|| self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true)));
             let (rx, ry, rk) = match &self.layout {
                 Some(l) => (
                     l.append_images(&real.images),
@@ -254,7 +336,9 @@ impl Gan {
             let x = Tensor::cat(&[rx, fake], 0);
             let y = Tensor::cat(&[ry, yf.shallow_clone()], 0);
             let known = Tensor::cat(&[rk, Tensor::ones([b], (Kind::Bool, self.device))], 0);
-            let o = self.d.forward_t(&x, self.projection(&y, &known), true);
+            let o = self.forward(&self.vs_d, || {
+                self.d.forward_t(&x, self.projection(&y, &known), true)
+            });
             let (lr, lf) = d_hinge(&o.logit.narrow(0, 0, b), &o.logit.narrow(0, r, b));
             let mut loss = &lr + &lf;
             out.add("d/loss_real", finite(step, "D hinge loss (real)", &lr)?);
@@ -297,6 +381,7 @@ impl Gan {
             out.add("d/loss", total);
             (loss / accum).f_backward()?;
         }
+        self.dist.average_gradients(&self.vs_d)?;
         self.opt_d.step(self.cfg.lr_d);
         Ok(())
     }
@@ -307,8 +392,8 @@ impl Gan {
         let accum = self.cfg.accumulation;
         for k in 0..accum {
             let (z, yf) = self.latents(step, 0, k as u64);
-            let b = self.cfg.batch_size;
-            let fake = self.g.forward_t(&z, &yf, true);
+            let b = self.local_batch;
+            let fake = self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true));
             let (fx, fy) = match &self.layout {
                 Some(l) => (l.append_images(&fake), l.append_rows(&yf)),
                 None => (fake, yf),
@@ -317,7 +402,7 @@ impl Gan {
                 RealLabels::None => Projection::None,
                 _ => Projection::Labels(&fy),
             };
-            let o = self.d.forward_t(&fx, proj, true);
+            let o = self.forward(&self.vs_d, || self.d.forward_t(&fx, proj, true));
             let gl = g_hinge(&o.logit.narrow(0, 0, b));
             out.add("g/loss_adv", finite(step, "G hinge loss", &gl)?);
             let mut loss = gl;
@@ -335,6 +420,7 @@ impl Gan {
             out.add("g/loss", finite(step, "G loss", &loss)?);
             (loss / accum as f64).f_backward()?;
         }
+        self.dist.average_gradients(&self.vs_g)?;
         self.opt_g.step(self.cfg.lr_g);
         self.ema.update(step);
         Ok(())
@@ -386,21 +472,24 @@ pub struct TrainOutcome {
 
 /// Trains in `out` (checkpoints/, samples/, tensorboard/, metrics.jsonl,
 /// then model.json and ema.safetensors), resuming from the newest
-/// checkpoint there when `resume` is set.
+/// checkpoint there when `resume` is set. As one rank of `dist`, only rank
+/// 0 reads the checkpoint and writes.
 pub fn train(
     cfg: &TrainConfig,
     files: Vec<PathBuf>,
     out: &Path,
     device: Device,
     resume: bool,
+    dist: Dist,
 ) -> Result<TrainOutcome> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
     }
-    let mut gan = Gan::new(cfg, device)?;
+    let mut gan = Gan::on(cfg, device, dist)?;
+    let writes = dist.is_rank0();
     let ckpts = Checkpoints::new(out.join("checkpoints"), cfg.keep_checkpoints);
     let mut start = 0u64;
-    if resume {
+    if resume && writes {
         if let Some(c) = ckpts.latest()? {
             load_variables(&gan.vs_g, "g.", &c)?;
             load_variables(&gan.vs_d, "d.", &c)?;
@@ -410,12 +499,15 @@ pub fn train(
             start = c.step;
         }
     }
-    let mut lcfg = LoaderConfig::train(cfg.batch_size as usize, cfg.seed);
+    start = dist.broadcast_u64(start)?;
+    gan.sync_from_rank0()?;
+    let mut lcfg = LoaderConfig::train(gan.local_batch as usize, cfg.seed);
     lcfg.label_column = Some("label".to_string());
-    // Each step reads d_steps x accumulation batches: a resumed run skips
-    // exactly what the checkpointed steps consumed.
+    (lcfg.rank, lcfg.world) = (dist.rank(), dist.world());
+    // Each step reads d_steps x accumulation batches on every rank: a
+    // resumed run skips exactly what the checkpointed steps consumed.
     let per_step = cfg.d_steps * cfg.accumulation as u64;
-    lcfg.skip_batches = start * per_step;
+    lcfg.skip_batches = start * per_step * dist.world() as u64;
     if cfg.distorted_crops {
         lcfg.augment = Augment::Distorted {
             size: cfg.model.resolution as usize,
@@ -432,13 +524,20 @@ pub fn train(
     let factor = (h / res) as i64;
 
     let samples = out.join("samples");
-    fs::create_dir_all(&samples).at(&samples)?;
-    let mut log = if start > 0 {
-        MetricsLog::resume(out.join("metrics.jsonl"), start)?
+    let (mut log, mut events) = if writes {
+        fs::create_dir_all(&samples).at(&samples)?;
+        let log = if start > 0 {
+            MetricsLog::resume(out.join("metrics.jsonl"), start)?
+        } else {
+            MetricsLog::create(out.join("metrics.jsonl"))?
+        };
+        (
+            Some(log),
+            Some(EventWriter::create(&out.join("tensorboard"))?),
+        )
     } else {
-        MetricsLog::create(out.join("metrics.jsonl"))?
+        (None, None)
     };
-    let mut events = EventWriter::create(&out.join("tensorboard"))?;
     let bar = crate::progress::bar(cfg.steps, "steps");
     bar.set_position(start);
     let delay = std::env::var("FEWLABELS_TEST_STEP_DELAY_MS")
@@ -471,7 +570,8 @@ pub fn train(
                 } else {
                     b.images
                 };
-                batches.push(gan.real_batch(&images, &b.labels, step, d * 1000 + k as u64));
+                let k = gan.micro(k as u64);
+                batches.push(gan.real_batch(&images, &b.labels, step, d * 1000 + k));
             }
             let t1 = Instant::now();
             t_data += (t1 - t0).as_secs_f64();
@@ -493,7 +593,7 @@ pub fn train(
             images_per_s = images_since as f64 / secs.max(1e-9);
             images_since = 0;
             since = Instant::now();
-            let mut vals = scalars.take();
+            let mut vals = scalars.take(dist)?;
             vals.push(("speed/images_per_s".to_string(), images_per_s));
             let mut rec = serde_json::Map::new();
             rec.insert("step".into(), json!(step));
@@ -501,9 +601,11 @@ pub fn train(
                 rec.insert(k.clone(), json!(v));
                 last.insert(k.clone(), *v);
             }
-            log.write(&rec)?;
-            let refs: Vec<(&str, f64)> = vals.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-            events.scalars(step as i64, &refs)?;
+            if let (Some(log), Some(events)) = (log.as_mut(), events.as_mut()) {
+                log.write(&rec)?;
+                let refs: Vec<(&str, f64)> = vals.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+                events.scalars(step as i64, &refs)?;
+            }
             bar.set_message(format!(
                 "D {:.3} G {:.3} {:.0} img/s",
                 last.get("d/loss").copied().unwrap_or(f64::NAN),
@@ -511,6 +613,9 @@ pub fn train(
                 images_per_s
             ));
         }
+        let Some(events) = events.as_mut() else {
+            continue; // the other ranks write nothing
+        };
         if step % cfg.sample_every == 0 || last_step {
             let (png, gw, gh) = gan.grid()?;
             let path = samples.join(format!("step-{step:08}.png"));
@@ -521,11 +626,25 @@ pub fn train(
             events.flush()?;
         }
         if step % cfg.checkpoint_every == 0 || last_step {
-            let meta = json!({"batches_read": step * per_step, "mode": cfg.mode});
+            let read = step * per_step * dist.world() as u64;
+            let meta = json!({"batches_read": read, "mode": cfg.mode});
             ckpts.save(step, &gan.state(), &meta)?;
         }
     }
     bar.finish_and_clear();
+    let outcome = TrainOutcome {
+        steps: cfg.steps,
+        resumed_from: start,
+        g_params: parameter_count(&gan.vs_g),
+        d_params: parameter_count(&gan.vs_d),
+        images_per_s,
+        last,
+        seconds_data: t_data,
+        seconds_train: t_train,
+    };
+    if !writes {
+        return Ok(outcome);
+    }
 
     // The sampling artefacts: the EMA weights and what rebuilds the network.
     let ema_path = out.join(EMA_FILE);
@@ -546,16 +665,7 @@ pub fn train(
         &info_path,
         &serde_json::to_vec_pretty(&info).at(&info_path)?,
     )?;
-    Ok(TrainOutcome {
-        steps: cfg.steps,
-        resumed_from: start,
-        g_params: parameter_count(&gan.vs_g),
-        d_params: parameter_count(&gan.vs_d),
-        images_per_s,
-        last,
-        seconds_data: t_data,
-        seconds_train: t_train,
-    })
+    Ok(outcome)
 }
 
 /// G-step (and D-step) throughput on synthetic data, for the GPU benchmark:

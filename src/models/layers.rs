@@ -80,6 +80,44 @@ fn normalize(v: &Tensor, eps: f64) -> Tensor {
     v / v.norm().clamp_min(eps)
 }
 
+/// Spectral norm's epsilon (BigGAN-PyTorch's).
+const SN_EPS: f64 = 1e-12;
+
+/// One power-iteration step for the matrix `w` from `u`: the new (u, v).
+fn power_step(w: &Tensor, u: &Tensor, eps: f64) -> (Tensor, Tensor) {
+    let v = normalize(&w.tr().mv(u), eps);
+    let u = normalize(&w.mv(&v), eps);
+    (u, v)
+}
+
+/// Moves every spectral-norm vector of `vs` (each `P.sn_u`, beside its
+/// `P.weight`) `steps` power-iteration steps, as that many training
+/// forwards would. A data-parallel rank calls it for the other ranks'
+/// forwards, so that its vectors stay where one process accumulating every
+/// rank's batches would have them (src/gan/train.rs).
+pub fn advance_spectral_norms(vs: &tch::nn::VarStore, steps: u64) {
+    if steps == 0 {
+        return;
+    }
+    let vars = vs.variables();
+    tch::no_grad(|| {
+        for (name, u) in &vars {
+            let Some(weight) = name
+                .strip_suffix(".sn_u")
+                .and_then(|p| vars.get(&format!("{p}.weight")))
+            else {
+                continue;
+            };
+            let w = weight.view([weight.size()[0], -1]);
+            let mut cur = u.shallow_clone();
+            for _ in 0..steps {
+                cur = power_step(&w, &cur, SN_EPS).0;
+            }
+            u.shallow_clone().copy_(&cur);
+        }
+    });
+}
+
 /// A weight divided by its largest singular value, estimated by one step of
 /// power iteration per training forward (Miyato et al. 2018, as in
 /// BigGAN-PyTorch and compare_gan). `u` is a non-trainable VarStore entry
@@ -96,13 +134,13 @@ impl SpectralNorm {
     pub fn new(p: &Path, dims: &[i64], ctx: &Arc<LayerCtx>) -> Self {
         let weight = orthogonal(p, "weight", dims);
         let u = p.zeros_no_train("sn_u", &[dims[0]]);
-        let init = normalize(&Tensor::randn([dims[0]], (Kind::Float, p.device())), 1e-12);
+        let init = normalize(&Tensor::randn([dims[0]], (Kind::Float, p.device())), SN_EPS);
         tch::no_grad(|| u.shallow_clone().copy_(&init));
         SpectralNorm {
             weight,
             u,
             ctx: ctx.clone(),
-            eps: 1e-12,
+            eps: SN_EPS,
         }
     }
 
@@ -115,8 +153,7 @@ impl SpectralNorm {
     pub fn sigma(&self) -> f64 {
         tch::no_grad(|| {
             let w = self.matrix();
-            let v = normalize(&w.tr().mv(&self.u), self.eps);
-            let u = normalize(&w.mv(&v), self.eps);
+            let (u, v) = power_step(&w, &self.u, self.eps);
             u.dot(&w.mv(&v)).double_value(&[])
         })
     }
@@ -125,11 +162,7 @@ impl SpectralNorm {
     /// vector moves one step (gradients flow through `W`, not through `u`, `v`).
     pub fn normalized(&self, train: bool) -> Tensor {
         let w = self.matrix();
-        let (u, v) = tch::no_grad(|| {
-            let v = normalize(&w.tr().mv(&self.u), self.eps);
-            let u = normalize(&w.mv(&v), self.eps);
-            (u, v)
-        });
+        let (u, v) = tch::no_grad(|| power_step(&w, &self.u, self.eps));
         if train && self.ctx.sn_update() {
             tch::no_grad(|| self.u.shallow_clone().copy_(&u));
         }

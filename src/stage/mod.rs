@@ -12,6 +12,12 @@
 //! leaves no `_attempt.json` unless there is finished work to resume.
 //! The stages themselves, their parameters and command lines, are in
 //! [`crate::stages`].
+//!
+//! A data-parallel stage ([`run_stage_on`] with several ranks) has one
+//! writer: rank 0 locks the folder, decides (up to date, run, resume) and
+//! writes everything; the other ranks never touch the folder. They get rank
+//! 0's decision and, at the end, its manifest through the job's store, and
+//! run the body with a [`StageRun`] that records nothing.
 pub mod boundary;
 pub mod lock;
 pub mod name;
@@ -24,6 +30,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::dist::Dist;
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{checksum_file, remove_temp_files, write_atomic};
 use crate::manifest::{Manifest, OutputFile, Timings, MANIFEST_FILE};
@@ -226,7 +233,8 @@ pub fn begin(
         outputs: Vec::new(),
         counts: BTreeMap::new(),
         phases: BTreeMap::new(),
-        _lock: lock,
+        dist: Dist::single(),
+        lock: Some(lock),
     }))
 }
 
@@ -293,12 +301,44 @@ pub struct StageRun {
     outputs: Vec<OutputFile>,
     counts: BTreeMap<String, serde_json::Value>,
     phases: BTreeMap<String, f64>,
-    _lock: DirLock,
+    /// The data-parallel job this run is part of (a single process by default).
+    pub dist: Dist,
+    /// `None` on the ranks that do not write.
+    lock: Option<DirLock>,
 }
 
 impl StageRun {
-    /// Records a finished output file (relative to the stage directory).
+    /// The run of a rank other than 0: the same folder, which it reads but
+    /// never writes, and rank 0's `resuming`.
+    fn follower(name: StageName, dir: &Path, resuming: bool, dist: Dist) -> StageRun {
+        StageRun {
+            name,
+            dir: dir.to_path_buf(),
+            params: serde_json::Value::Null,
+            input_fingerprint: String::new(),
+            resuming,
+            created_dir: false,
+            started: Instant::now(),
+            started_unix: 0.0,
+            outputs: Vec::new(),
+            counts: BTreeMap::new(),
+            phases: BTreeMap::new(),
+            dist,
+            lock: None,
+        }
+    }
+
+    /// Whether this process writes the folder (false on ranks other than 0).
+    pub fn writes(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Records a finished output file (relative to the stage directory);
+    /// nothing on a rank that does not write.
     pub fn add_output(&mut self, rel: impl AsRef<Path>, rows: Option<u64>) -> Result<()> {
+        if !self.writes() {
+            return Ok(());
+        }
         let rel = rel.as_ref();
         let path = self.dir.join(rel);
         let bytes = fs::metadata(&path).at(&path)?.len();
@@ -388,23 +428,143 @@ pub fn run_stage(
     inputs: &[Input],
     body: impl FnOnce(&mut StageRun) -> Result<()>,
 ) -> Result<(Manifest, Outcome)> {
-    match boundary::catch(|| begin(name, dir, params, inputs))? {
-        Begin::UpToDate(m, _lock) => {
+    run_stage_on(Dist::single(), name, dir, params, inputs, body)
+}
+
+/// [`run_stage`] as one rank of a data-parallel job: rank 0 does what a
+/// single process does and tells the others; they run the body with a
+/// run that writes nothing, and return rank 0's manifest.
+pub fn run_stage_on(
+    dist: Dist,
+    name: StageName,
+    dir: &Path,
+    params: &impl Serialize,
+    inputs: &[Input],
+    body: impl FnOnce(&mut StageRun) -> Result<()>,
+) -> Result<(Manifest, Outcome)> {
+    if dist.world() > 1 && !dist.is_rank0() {
+        return follow(dist, name, dir, body);
+    }
+    let tell = |key: &str, msg: &Decision| {
+        if dist.world() > 1 {
+            let bytes = serde_json::to_vec(msg).unwrap_or_default();
+            dist.publish(&format!("stage/{name}/{key}"), &bytes)
+        } else {
+            Ok(())
+        }
+    };
+    let begun = boundary::catch(|| begin(name, dir, params, inputs));
+    tell(
+        "begin",
+        &match &begun {
+            Ok(Begin::UpToDate(m, _)) => Decision::UpToDate(m.clone()),
+            Ok(Begin::Run(r)) => Decision::Run {
+                resuming: r.resuming,
+            },
+            Err(e) => Decision::failed(e),
+        },
+    )?;
+    let result = match begun {
+        Err(e) => Err(e),
+        Ok(Begin::UpToDate(m, _lock)) => {
             print_summary(&m, Outcome::UpToDate, dir);
             Ok((m, Outcome::UpToDate))
         }
-        Begin::Run(mut run) => match boundary::catch(|| body(&mut run)) {
-            Ok(()) => Ok((run.finish()?, Outcome::Ran)),
-            Err(e) => {
-                let kept = run.abandon();
-                if kept > 0 {
-                    progress::note(format!(
-                        "{name}: {kept} finished file(s) kept in {}; the same command resumes from them",
-                        dir.display()
-                    ));
+        Ok(Begin::Run(mut run)) => {
+            run.dist = dist;
+            match boundary::catch(|| body(&mut run)) {
+                Ok(()) => {
+                    let finished = run.finish();
+                    tell(
+                        "end",
+                        &match &finished {
+                            Ok(m) => Decision::Done(m.clone()),
+                            Err(e) => Decision::failed(e),
+                        },
+                    )?;
+                    finished.map(|m| (m, Outcome::Ran))
                 }
-                Err(e)
+                Err(e) => {
+                    let kept = run.abandon();
+                    if kept > 0 {
+                        progress::note(format!(
+                            "{name}: {kept} finished file(s) kept in {}; the same command resumes from them",
+                            dir.display()
+                        ));
+                    }
+                    dist.announce_failure(&e);
+                    return Err(e);
+                }
             }
-        },
+        }
+    };
+    // The store rank 0 serves must outlive the others' last read of it.
+    dist.wait_for_others(dist.timeout());
+    result
+}
+
+/// What rank 0 tells the other ranks of a data-parallel stage.
+#[derive(Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Decision {
+    UpToDate(Manifest),
+    Run { resuming: bool },
+    Done(Manifest),
+    Failed { message: String, usage: bool },
+}
+
+impl Decision {
+    fn failed(e: &Error) -> Decision {
+        Decision::Failed {
+            message: e.to_string(),
+            usage: e.exit_code() == 2,
+        }
     }
+}
+
+/// A rank other than 0: waits for rank 0's decision, runs the body when
+/// it runs, and ends with rank 0's manifest (or its error).
+fn follow(
+    dist: Dist,
+    name: StageName,
+    dir: &Path,
+    body: impl FnOnce(&mut StageRun) -> Result<()>,
+) -> Result<(Manifest, Outcome)> {
+    let hear = |key: &str| -> Result<Decision> {
+        let bytes = dist.receive(&format!("stage/{name}/{key}"))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Internal(format!("{name}: rank 0's `{key}` message: {e}")))
+    };
+    let from_rank0 = |message: String, usage: bool| {
+        let msg = format!("{}: rank 0 stopped: {message}", dist.who());
+        if usage {
+            Error::usage(msg)
+        } else {
+            Error::invalid(msg)
+        }
+    };
+    let outcome = match hear("begin") {
+        Err(e) => Err(e),
+        Ok(Decision::UpToDate(m)) => Ok((m, Outcome::UpToDate)),
+        Ok(Decision::Failed { message, usage }) => Err(from_rank0(message, usage)),
+        Ok(Decision::Done(_)) => Err(Error::Internal(format!(
+            "{name}: rank 0 sent its end before its beginning"
+        ))),
+        Ok(Decision::Run { resuming }) => {
+            let mut run = StageRun::follower(name, dir, resuming, dist);
+            if let Err(e) = boundary::catch(|| body(&mut run)) {
+                dist.announce_failure(&e);
+                return Err(e);
+            }
+            match hear("end")? {
+                Decision::Done(m) => Ok((m, Outcome::Ran)),
+                Decision::Failed { message, usage } => Err(from_rank0(message, usage)),
+                _ => Err(Error::Internal(format!(
+                    "{name}: rank 0 sent an unexpected end"
+                ))),
+            }
+        }
+    };
+    dist.leave();
+    outcome
 }

@@ -20,10 +20,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{self, DeviceChoice};
+use crate::dist::{Dist, Launch};
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::progress::Outcome;
-use crate::stage::{run_stage, Input, StageName, StageRun};
+use crate::progress::{self, Outcome};
+use crate::stage::{run_stage_on, Input, StageName, StageRun};
 
 pub mod cli_enums;
 pub mod embed;
@@ -46,6 +47,37 @@ pub struct Exec {
     /// Where networks run.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// The data-parallel job this process is a rank of (from the launcher's
+    /// environment; a single process by default).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub dist: Dist,
+}
+
+/// The data-parallel job a command joins: a single process unless a
+/// launcher (torchrun, srun, a PyTorchJob) started it. Only `distributed`
+/// commands may be started as one of several ranks; the others say so
+/// rather than run N times over the same folders.
+pub fn join_launch(command: &str, distributed: bool, device: DeviceChoice) -> Result<Dist> {
+    let Some(launch) = Launch::from_env()? else {
+        return Ok(Dist::single());
+    };
+    if !distributed {
+        if launch.world > 1 {
+            return Err(Error::usage(format!(
+                "`fewlabels {command}` runs in one process, but {} started this one as {}: only `train-gan` and `pretrain` train data-parallel",
+                launch.launcher.name(),
+                launch.who()
+            )));
+        }
+        return Ok(Dist::single());
+    }
+    let dist = Dist::init(Some(launch), device.resolve()?)?;
+    if !dist.is_rank0() {
+        // One progress bar and one summary: rank 0's.
+        progress::set_output_mode(true, false);
+    }
+    Ok(dist)
 }
 
 /// A folder a stage reads: a `--FLAG DIR` of its command, and in a
@@ -263,6 +295,9 @@ impl<T> StageParams for T where
 /// One stage of the pipeline.
 pub trait Stage: 'static {
     const NAME: StageName;
+    /// Trains data-parallel when a launcher starts it as several ranks
+    /// (`exec.dist`); other stages refuse such a launch.
+    const DISTRIBUTED: bool = false;
     /// One line for `fewlabels --help`.
     const ABOUT: &'static str;
     /// Help of `--output` (what the stage writes there).
@@ -299,7 +334,8 @@ pub trait Stage: 'static {
         let json = serde_json::to_value(params).unwrap_or_default();
         Self::validate(params).map_err(|e| e.for_flags(&json))?;
         Self::check(dirs, params)?;
-        run_stage(
+        run_stage_on(
+            exec.dist,
             Self::NAME,
             &dirs.output,
             params,
@@ -378,7 +414,7 @@ impl<S: Stage> AnyStage for Entry<S> {
 
     fn main(&self, m: &ArgMatches) -> Result<()> {
         let params = S::Params::from_arg_matches(m).map_err(|e| Error::usage(e.to_string()))?;
-        let exec = Exec::from_arg_matches(m).map_err(|e| Error::usage(e.to_string()))?;
+        let mut exec = Exec::from_arg_matches(m).map_err(|e| Error::usage(e.to_string()))?;
         let output = m
             .get_one::<PathBuf>("output")
             .cloned()
@@ -398,6 +434,7 @@ impl<S: Stage> AnyStage for Entry<S> {
             }
         }
         device::set_threads(exec.threads);
+        exec.dist = join_launch(S::NAME.as_str(), S::DISTRIBUTED, exec.device)?;
         S::execute(&dirs, &params, &exec).map(|_| ())
     }
 

@@ -15,6 +15,15 @@
 //! last one and ends with the same weights as an uninterrupted run (same
 //! thread count). Outputs: `model.safetensors` + `model.json` (read by
 //! `embed --model`), `metrics.jsonl`.
+//!
+//! `accumulation` batches make one step (their gradients summed). Launched
+//! as W ranks (torchrun, srun; [`crate::dist`]), each rank takes
+//! batch-size / W and labelled-batch-size / W of every batch, with its own
+//! batch-norm statistics, and the gradients are averaged over the ranks:
+//! rank r's k-th batch is batch k x W + r of one process with those batch
+//! sizes and accumulation x W, which such a run matches. Rank 0 alone
+//! reads checkpoints (its state is broadcast), evaluates and writes; the
+//! saved batch-norm running statistics are rank 0's.
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +107,9 @@ pub struct Params {
     /// Labelled images per step for the class head.
     #[arg(long, default_value_t = 64)]
     pub labelled_batch_size: usize,
+    /// Batches (of both sizes) whose gradients are summed into one step.
+    #[arg(long, default_value_t = 1)]
+    pub accumulation: u64,
     /// w: weight of the class head's cross-entropy.
     #[arg(long, default_value_t = 1.0)]
     pub class_weight: f64,
@@ -148,6 +160,7 @@ impl Default for Params {
             steps: 2000,
             batch_size: 64,
             labelled_batch_size: 64,
+            accumulation: 1,
             class_weight: 1.0,
             optimizer: OptimizerKind::Sgd,
             lr: 0.1,
@@ -211,12 +224,14 @@ impl Stage for Pretrain {
     const ABOUT: &'static str = "Train the rotation (+ linear head) feature extractor.";
     const OUTPUT: &'static str = "Where the model, checkpoints and metrics go.";
     const SLOTS: &'static [Slot] = &[IMAGES, LABELS];
+    const DISTRIBUTED: bool = true;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {
         at_least("steps", p.steps, 1)?;
         at_least("batch-size", p.batch_size as u64, 1)?;
         at_least("labelled-batch-size", p.labelled_batch_size as u64, 1)?;
+        at_least("accumulation", p.accumulation, 1)?;
         positive("lr", p.lr)?;
         in_range("class-weight", p.class_weight, 0.0, f64::MAX)?;
         in_range("momentum", p.momentum, 0.0, 0.999_999)?;
@@ -233,7 +248,18 @@ impl Stage for Pretrain {
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
         let objective = Self::objective(dirs, params)?;
-        let device = exec.device.resolve()?;
+        let world = run.dist.world();
+        for (key, size) in [
+            ("batch-size", params.batch_size),
+            ("labelled-batch-size", params.labelled_batch_size),
+        ] {
+            if size % world != 0 {
+                return Err(Error::usage(format!(
+                    "--{key} {size}: must be a multiple of the {world} ranks (each takes an equal share)"
+                )));
+            }
+        }
+        let device = run.dist.local_device(exec.device.resolve()?);
         train(
             run,
             dirs.need(&IMAGES)?,
@@ -363,12 +389,17 @@ fn train(
         total_steps: params.steps,
     };
 
-    // Resume from the last checkpoint of an identical interrupted attempt.
+    // Resume from the last checkpoint of an identical interrupted attempt
+    // (rank 0 reads it; the others get its state).
+    let dist = run.dist;
+    let writes = run.writes();
     let ckpt_dir = run.dir.join(CHECKPOINT_DIR);
-    crate::fsutil::remove_temp_files(&ckpt_dir)?;
+    if writes {
+        crate::fsutil::remove_temp_files(&ckpt_dir)?;
+    }
     let checkpoints = Checkpoints::new(&ckpt_dir, params.keep_checkpoints);
     let mut start = 0u64;
-    if run.resuming {
+    if run.resuming && writes {
         if let Some(c) = checkpoints.latest()? {
             load_variables(&vs, "model.", &c)?;
             opt.load_state(&c, "optim.")?;
@@ -379,32 +410,48 @@ fn train(
             ));
         }
     }
+    start = dist.broadcast_u64(start)?;
+    if dist.is_launched() {
+        let mut state: Vec<Tensor> = named_variables(&vs, "")
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect();
+        // The first entry is the step count, a copy: it travels alone.
+        state.extend(opt.state_tensors("").into_iter().skip(1).map(|(_, t)| t));
+        dist.broadcast_from_rank0(&state)?;
+        opt.set_steps(dist.broadcast_u64(opt.steps())?);
+    }
     let metrics_path = run.dir.join(METRICS_FILE);
-    let mut log = if start > 0 {
-        MetricsLog::resume(&metrics_path, start)?
-    } else {
-        MetricsLog::create(&metrics_path)?
+    let mut log = match (writes, start) {
+        (false, _) => None,
+        (true, 0) => Some(MetricsLog::create(&metrics_path)?),
+        (true, _) => Some(MetricsLog::resume(&metrics_path, start)?),
     };
 
     // Data: every image for rotation; the labelled train split for the head.
+    // Each rank reads every world-th batch of its share's size.
+    let (world, accum) = (dist.world(), params.accumulation);
+    let share = |mut c: LoaderConfig| {
+        (c.rank, c.world) = (dist.rank(), world);
+        c.skip_batches = start * accum * world as u64;
+        c
+    };
     let mut unlabelled = if objective == Objective::Supervised {
         None
     } else {
-        let mut c = LoaderConfig::train(params.batch_size, params.seed);
-        c.skip_batches = start;
-        Some(Loader::new(files.clone(), c)?)
+        let c = LoaderConfig::train(params.batch_size / world, params.seed);
+        Some(Loader::new(files.clone(), share(c))?)
     };
     let mut labelled = match &label_sets {
         Some(ls) if objective != Objective::Rotation => {
             let ids: HashSet<u64> = ls.train.keys().copied().collect();
             // A different stream from the unlabelled loader's.
             let mut c = LoaderConfig::train(
-                params.labelled_batch_size,
+                params.labelled_batch_size / world,
                 params.seed ^ 0x9E37_79B9_7F4A_7C15,
             );
             c.ids = Some(Arc::new(ids));
-            c.skip_batches = start;
-            Some(Loader::new(files.clone(), c)?)
+            Some(Loader::new(files.clone(), share(c))?)
         }
         _ => None,
     };
@@ -423,7 +470,14 @@ fn train(
     let t_train = Instant::now();
     let mut t_wait = 0.0f64;
     let mut last_holdout = None;
-    for step in start..params.steps {
+    // One iteration per batch: `accumulation` of them make a step.
+    for batch in start * accum..params.steps * accum {
+        let (step, k) = (batch / accum, batch % accum);
+        // This batch's number among every rank's batches of the step.
+        let j = k * world as u64 + dist.rank() as u64;
+        if k == 0 {
+            opt.zero_grad();
+        }
         let t0 = Instant::now();
         let ub = match unlabelled.as_mut() {
             Some(l) => Some(next(l)?),
@@ -438,8 +492,8 @@ fn train(
         let mut parts = Vec::new();
         let mut rot_targets = None;
         let mut flip_rng = ChaCha20Rng::seed_from_u64(params.seed);
-        // One stream per step: a resumed run draws the same flips.
-        flip_rng.set_stream(step);
+        // One stream per step and batch: a resumed run draws the same flips.
+        flip_rng.set_stream(step | (j << 40));
         if let Some(b) = &ub {
             let x = maybe_flip(&b.images, params.flip, &mut flip_rng);
             let (x4, t) = rotate4(&x.to_device(device))?;
@@ -495,7 +549,11 @@ fn train(
         });
         let loss = loss.ok_or_else(|| Error::invalid("no loss term: nothing to train"))?;
         let lr = schedule.lr(step);
-        opt.backward_step(&loss, lr)?;
+        if accum > 1 {
+            (&loss / accum as f64).f_backward()?;
+        } else {
+            loss.f_backward()?;
+        }
         let lv = loss.double_value(&[]);
         if !lv.is_finite() {
             return Err(Error::NonFinite {
@@ -511,12 +569,22 @@ fn train(
         running.rot_acc += val(&rot_acc);
         running.cls_loss += val(&cls_loss);
         running.cls_acc += val(&cls_acc);
+        if k + 1 < accum {
+            continue;
+        }
+        dist.average_gradients(&vs)?;
+        opt.step(lr);
         let done = step + 1;
         pb.set_position(done);
-        let rate = images_seen as f64 / t_train.elapsed().as_secs_f64().max(1e-9);
+        let rate = (images_seen * world as u64) as f64 / t_train.elapsed().as_secs_f64().max(1e-9);
         pb.set_message(format!("loss {lv:.3} {rate:.0} img/s"));
 
         if done % params.log_every == 0 || done == params.steps {
+            // Means over every rank's batches.
+            let r = &mut running;
+            let mut sums = [r.n, r.loss, r.rot_loss, r.rot_acc, r.cls_loss, r.cls_acc];
+            dist.sum_f64(&mut sums)?;
+            [r.n, r.loss, r.rot_loss, r.rot_acc, r.cls_loss, r.cls_acc] = sums;
             let n = running.n;
             let opt_num = |v: f64| {
                 if v.is_nan() {
@@ -525,15 +593,20 @@ fn train(
                     json!(v / n)
                 }
             };
-            log.write(&json!({
-                "step": done, "lr": lr, "loss": running.loss / n,
-                "rotation_loss": opt_num(running.rot_loss), "rotation_accuracy": opt_num(running.rot_acc),
-                "class_loss": opt_num(running.cls_loss), "class_accuracy": opt_num(running.cls_acc),
-            }))?;
+            if let Some(log) = log.as_mut() {
+                log.write(&json!({
+                    "step": done, "lr": lr, "loss": running.loss / n,
+                    "rotation_loss": opt_num(running.rot_loss), "rotation_accuracy": opt_num(running.rot_acc),
+                    "class_loss": opt_num(running.cls_loss), "class_accuracy": opt_num(running.cls_acc),
+                }))?;
+            }
             run.count("rotation_accuracy", opt_num(running.rot_acc));
             run.count("class_train_accuracy", opt_num(running.cls_acc));
             running = Running::default();
         }
+        let Some(log) = log.as_mut() else {
+            continue; // the other ranks neither evaluate nor write
+        };
         let eval_now =
             (params.eval_every > 0 && done % params.eval_every == 0) || done == params.steps;
         if eval_now {
@@ -559,6 +632,9 @@ fn train(
     drop(unlabelled);
     drop(labelled);
     let train_secs = t_train.elapsed().as_secs_f64();
+    if !writes {
+        return Ok(());
+    }
 
     let saved = SavedModel {
         config: cfg.clone(),
@@ -580,7 +656,11 @@ fn train(
     run.count("objective", objective_name);
     run.count("steps", params.steps);
     run.count("resumed_at_step", start);
-    run.count("images_per_s", images_seen as f64 / train_secs.max(1e-9));
+    run.count(
+        "images_per_s",
+        (images_seen * world as u64) as f64 / train_secs.max(1e-9),
+    );
+    run.count("world_size", world as u64);
     run.count("device", format!("{device:?}"));
     if let Some(acc) = last_holdout {
         run.count("holdout_accuracy", acc);

@@ -243,6 +243,7 @@ impl Stage for TrainGan {
     const ABOUT: &'static str = "Train the BigGAN in one of the paper's labelling modes.";
     const OUTPUT: &'static str = "Where the checkpoints, grids, logs and EMA generator go.";
     const SLOTS: &'static [Slot] = &[DATA];
+    const DISTRIBUTED: bool = true;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {
@@ -307,8 +308,11 @@ impl Stage for TrainGan {
         check(params.mode, &summary)?;
         let resolution = resolution(params, summary.image_size)?;
         let cfg = params.train_config(&summary.class_names, resolution)?;
-        let device = exec.device.resolve()?;
-        let outcome = train(&cfg, files, &run.dir, device, run.resuming)?;
+        let dist = run.dist;
+        check_world(params, dist.world() as i64)?;
+        let device = dist.local_device(exec.device.resolve()?);
+        let outcome = train(&cfg, files, &run.dir, device, run.resuming, dist)?;
+        run.count("world_size", dist.world() as u64);
         run.phase("data", outcome.seconds_data);
         run.phase("train", outcome.seconds_train);
         run.count("mode", params.mode.name());
@@ -327,11 +331,37 @@ impl Stage for TrainGan {
                 run.count(&format!("last/{k}"), *v);
             }
         }
-        for rel in output_files(&run.dir)? {
-            run.add_output(&rel, None)?;
+        if run.writes() {
+            for rel in output_files(&run.dir)? {
+                run.add_output(&rel, None)?;
+            }
         }
         Ok(())
     }
+}
+
+/// The batch split over `world` ranks: each takes batch-size / world images
+/// (and, with rotation, a fraction of those to rotate).
+fn check_world(p: &Params, world: i64) -> Result<()> {
+    if world == 1 {
+        return Ok(());
+    }
+    if p.batch_size % world != 0 {
+        return Err(Error::usage(format!(
+            "--batch-size {}: must be a multiple of the {world} ranks (each takes an equal share)",
+            p.batch_size
+        )));
+    }
+    let local = p.batch_size / world;
+    if p.mode.rotation()
+        && (local % p.rotated_batch_fraction != 0 || local / p.rotated_batch_fraction < 4)
+    {
+        return Err(Error::usage(format!(
+            "--rotated-batch-fraction {}: must divide each rank's batch (batch-size {} / {world} ranks = {local}) and leave at least 4 of it to rotate",
+            p.rotated_batch_fraction, p.batch_size
+        )));
+    }
+    Ok(())
 }
 
 /// The training table's files, class names and label counts.

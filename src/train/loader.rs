@@ -14,7 +14,10 @@
 //! `Sequential` reads every row once in table order (for embedding). A run
 //! resumed at `Position { epoch, batch }` sees exactly the batches an
 //! uninterrupted run would have seen from there; the skipped ones are not
-//! decoded.
+//! decoded. In a data-parallel job each rank takes every `world`-th batch
+//! of that one sequence (`rank`, `rank + world`, ... counted across
+//! epochs), so the ranks' parts of every epoch are disjoint and together
+//! are what a single process with the same batch size reads.
 //!
 //! Every row is decoded by the table's one decoder ([`crate::shard::stored`]).
 //! `Augment::Distorted` is compare_gan's ImageNet training crop: a square
@@ -83,9 +86,14 @@ pub struct LoaderConfig {
     /// Also yield this Int64 column (nullable) as `labels`.
     pub label_column: Option<String>,
     /// Batches to skip from the first epoch on, without decoding them: a run
-    /// resumed after `n` steps of one batch each passes `n`.
+    /// resumed after `n` steps of one batch each passes `n` (every rank's
+    /// batches count).
     pub skip_batches: u64,
     pub augment: Augment,
+    /// This process's share of the batches: those numbered `rank` modulo
+    /// `world` (0 of 1 outside a data-parallel job).
+    pub rank: usize,
+    pub world: usize,
 }
 
 impl LoaderConfig {
@@ -101,6 +109,8 @@ impl LoaderConfig {
             label_column: None,
             skip_batches: 0,
             augment: Augment::None,
+            rank: 0,
+            world: 1,
         }
     }
 
@@ -184,6 +194,12 @@ impl Loader {
     pub fn new(files: Vec<PathBuf>, cfg: LoaderConfig) -> Result<Loader> {
         if cfg.batch_size == 0 {
             return Err(Error::invalid("batch size must be at least 1"));
+        }
+        if cfg.rank >= cfg.world {
+            return Err(Error::invalid(format!(
+                "rank {} of {}: the rank must be below the world size",
+                cfg.rank, cfg.world
+            )));
         }
         let mut columns = vec!["id", "image"];
         if let Some(l) = &cfg.label_column {
@@ -359,6 +375,10 @@ impl Producer {
             }
             let order = self.order(epoch);
             for batch in first..self.batches_per_epoch {
+                let number = epoch * self.batches_per_epoch + batch;
+                if number % cfg.world as u64 != cfg.rank as u64 {
+                    continue;
+                }
                 let start = batch as usize * b;
                 let end = (start + b).min(order.len());
                 let rows: Vec<RowRef> = order[start..end]
@@ -655,6 +675,36 @@ mod tests {
             assert_eq!(a.position, b.position);
             assert!(a.images.equal(&b.images));
         }
+    }
+
+    /// Ranks of a data-parallel job: disjoint parts of every epoch that
+    /// interleave into the single process's batches, also after a resume.
+    #[test]
+    fn ranks_take_interleaved_disjoint_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = write_table(dir.path(), 100, 10, None, |_| 0);
+        let mut cfg = LoaderConfig::train(8, 5);
+        cfg.epochs = Some(2);
+        let single = collect(&files, cfg.clone());
+        assert_eq!(single.len(), 24);
+        let part = |rank: usize, skip: u64| {
+            let mut c = cfg.clone();
+            (c.rank, c.world, c.skip_batches) = (rank, 3, skip);
+            collect(&files, c)
+        };
+        let parts = [part(0, 0), part(1, 0), part(2, 0)];
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 24);
+        for (n, b) in single.iter().enumerate() {
+            let mine = &parts[n % 3][n / 3];
+            assert_eq!((&mine.ids, mine.position), (&b.ids, b.position));
+        }
+        // Resumed after 9 of everyone's batches: rank 1 goes on with batch 10.
+        let tail = part(1, 9);
+        assert_eq!(tail[0].ids, single[10].ids);
+        assert_eq!(tail.len(), (24 - 9) / 3);
+        let mut c = cfg;
+        (c.rank, c.world) = (2, 2);
+        assert!(Loader::new(files, c).is_err());
     }
 
     /// A table sorted by class (as ImageNet's listing is): every batch of

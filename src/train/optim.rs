@@ -136,6 +136,12 @@ impl Optimizer {
         self.step
     }
 
+    /// Sets the update count (a rank taking rank 0's state: Adam's bias
+    /// correction depends on it).
+    pub fn set_steps(&mut self, steps: u64) {
+        self.step = steps;
+    }
+
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
             p.zero_grad();
