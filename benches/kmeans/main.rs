@@ -18,6 +18,7 @@ use fewlabels::kmeans::{self, Backend, Config, Init};
 use fewlabels::manifest::Manifest;
 use fewlabels::metrics::clustering;
 use fewlabels::shard::{image_column, schema, TableWriter};
+use fewlabels::stage::StageName;
 use fewlabels::stages::{pseudo_label, tables};
 
 fn arg(args: &[String], name: &str) -> Option<String> {
@@ -99,50 +100,65 @@ fn stage_folders(args: &[String]) {
     let png = png.into_inner();
     let step = 10_000;
     let params = serde_json::json!({"bench": "kmeans", "n": n, "d": d});
-    fewlabels::stage::run_stage("prepare", &out.join("images"), &params, &[], |run| {
-        let sch = schema::images(&classes);
-        let mut w = TableWriter::new(&run.dir, "images", sch.clone(), 50_000);
-        for s in (0..n).step_by(step) {
-            let e = (s + step).min(n);
-            let paths: Vec<String> = (s..e).map(|i| format!("{i:06}.png")).collect();
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from_iter_values(s as u64..e as u64)),
-                Arc::new(StringArray::from(paths.clone())),
-                Arc::new(Int64Array::from(y[s..e].to_vec())),
-                Arc::new(Int32Array::from(vec![1; e - s])),
-                Arc::new(Int32Array::from(vec![1; e - s])),
-                image_column(paths.iter().map(|p| (png.as_slice(), Some(p.as_str())))),
-            ];
-            w.write(&RecordBatch::try_new(sch.clone(), cols).expect("batch"))?;
-        }
-        for (f, rows) in w.finish()? {
-            run.add_output(f, Some(rows))?;
-        }
-        run.count("images", n as u64);
-        Ok(())
-    })
+    fewlabels::stage::run_stage(
+        StageName::Prepare,
+        &out.join("images"),
+        &params,
+        &[],
+        |run| {
+            let sch = schema::images(&classes);
+            let mut w = TableWriter::new(&run.dir, "images", sch.clone(), 50_000);
+            for s in (0..n).step_by(step) {
+                let e = (s + step).min(n);
+                let paths: Vec<String> = (s..e).map(|i| format!("{i:06}.png")).collect();
+                let cols: Vec<ArrayRef> = vec![
+                    Arc::new(UInt64Array::from_iter_values(s as u64..e as u64)),
+                    Arc::new(StringArray::from(paths.clone())),
+                    Arc::new(Int64Array::from(y[s..e].to_vec())),
+                    Arc::new(Int32Array::from(vec![1; e - s])),
+                    Arc::new(Int32Array::from(vec![1; e - s])),
+                    image_column(paths.iter().map(|p| (png.as_slice(), Some(p.as_str())))),
+                ];
+                w.write(&RecordBatch::try_new(sch.clone(), cols).expect("batch"))?;
+            }
+            for (f, rows) in w.finish()? {
+                run.add_output(f, Some(rows))?;
+            }
+            // The counts a finished prepare's manifest must agree with (verify.rs).
+            for (key, v) in [("seen", n), ("written", n), ("rejected", 0), ("images", n)] {
+                run.count(key, v as u64);
+            }
+            Ok(())
+        },
+    )
     .expect("images/");
-    fewlabels::stage::run_stage("embed", &out.join("features"), &params, &[], |run| {
-        let sch = schema::features(d, 0);
-        let item = Arc::new(Field::new("item", DataType::Float32, false));
-        let mut w = TableWriter::new(&run.dir, "features", sch.clone(), 50_000);
-        for s in (0..n).step_by(step) {
-            let e = (s + step).min(n);
-            let values = Float32Array::from(x[s * d..e * d].to_vec());
-            let list = FixedSizeListArray::new(item.clone(), d as i32, Arc::new(values), None);
-            let cols: Vec<ArrayRef> = vec![
-                Arc::new(UInt64Array::from_iter_values(s as u64..e as u64)),
-                Arc::new(list),
-            ];
-            w.write(&RecordBatch::try_new(sch.clone(), cols).expect("batch"))?;
-        }
-        for (f, rows) in w.finish()? {
-            run.add_output(f, Some(rows))?;
-        }
-        run.count("images", n as u64);
-        run.count("dim", d as u64);
-        Ok(())
-    })
+    fewlabels::stage::run_stage(
+        StageName::Embed,
+        &out.join("features"),
+        &params,
+        &[],
+        |run| {
+            let sch = schema::features(d, 0);
+            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            let mut w = TableWriter::new(&run.dir, "features", sch.clone(), 50_000);
+            for s in (0..n).step_by(step) {
+                let e = (s + step).min(n);
+                let values = Float32Array::from(x[s * d..e * d].to_vec());
+                let list = FixedSizeListArray::new(item.clone(), d as i32, Arc::new(values), None);
+                let cols: Vec<ArrayRef> = vec![
+                    Arc::new(UInt64Array::from_iter_values(s as u64..e as u64)),
+                    Arc::new(list),
+                ];
+                w.write(&RecordBatch::try_new(sch.clone(), cols).expect("batch"))?;
+            }
+            for (f, rows) in w.finish()? {
+                run.add_output(f, Some(rows))?;
+            }
+            run.count("images", n as u64);
+            run.count("dim", d as u64);
+            Ok(())
+        },
+    )
     .expect("features/");
 }
 
@@ -158,7 +174,7 @@ fn fit(args: &[String]) {
     let seconds = t.elapsed().as_secs_f64();
     let nmi = arg(args, "--images").map(|images| {
         let images = std::path::Path::new(&images);
-        let m = Manifest::read_complete(images, "prepare").expect("images/");
+        let m = Manifest::read_complete(images, StageName::Prepare).expect("images/");
         let truth = tables::read_id_labels(images, &m, "images").expect("labels");
         assert_eq!(truth.ids, f.ids, "images and features in the same order");
         let t: Vec<usize> = truth

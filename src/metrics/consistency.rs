@@ -19,7 +19,7 @@ use crate::models::resnet::{RotationNet, SavedModel, MODEL_INFO};
 /// A classifier that labels images for class consistency.
 pub enum ClassJudge {
     Pretrained {
-        net: RotationNet,
+        net: Box<RotationNet>,
         _vs: nn::VarStore,
         /// (height, width) it was trained on.
         size: (usize, usize),
@@ -40,7 +40,7 @@ impl ClassJudge {
         if path.join(MODEL_INFO).is_file() {
             let (info, vs, net) = SavedModel::load(path, device)?;
             return Ok(info.num_classes.map(|classes| ClassJudge::Pretrained {
-                net,
+                net: Box::new(net),
                 _vs: vs,
                 size: info.image_size,
                 classes,
