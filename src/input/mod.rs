@@ -101,6 +101,45 @@ impl Listing {
             }
         }
     }
+
+    /// Asks the kernel to start reading `items` into the page cache now, so
+    /// that the reads of [`Listing::fetch`] later find them there instead of
+    /// waiting for the disk one file at a time per worker. Only a hint: it
+    /// never fails, blocks only to open each file, and costs a few
+    /// microseconds per input when the data is already cached.
+    pub fn prefetch(&self, items: &[Item]) {
+        use std::os::fd::AsRawFd;
+        let advise = |f: &File, offset: u64, len: u64| {
+            // SAFETY: posix_fadvise only reads its integer arguments; the
+            // descriptor is open for the whole call.
+            let _ = unsafe {
+                libc::posix_fadvise(
+                    f.as_raw_fd(),
+                    offset as libc::off_t,
+                    len as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+        };
+        for item in items {
+            match &item.source {
+                Source::File(path) => {
+                    // Only regular files: opening a FIFO would block.
+                    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+                        if let Ok(f) = File::open(path) {
+                            advise(&f, 0, 0);
+                        }
+                    }
+                }
+                Source::Tar { offset, size } => {
+                    if let Some((_, f)) = &self.tar {
+                        advise(f, *offset, *size);
+                    }
+                }
+                Source::Idx(_) | Source::Bad(_) => {}
+            }
+        }
+    }
 }
 
 /// Reads a regular file; anything else (FIFO, device, socket) is refused

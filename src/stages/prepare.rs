@@ -359,6 +359,15 @@ fn write_chunk(dir: &Path, images_schema: &arrow::datatypes::SchemaRef, c: Chunk
     })
 }
 
+/// Records a finished chunk's files in the manifest, images before rejects.
+fn add_outputs(run: &mut StageRun, d: &Done) -> Result<()> {
+    run.add_output(images_name(d.k), Some(d.written))?;
+    if d.rejected > 0 {
+        run.add_output(rejects_name(d.k), Some(d.rejected))?;
+    }
+    Ok(())
+}
+
 /// Rows of a finished Arrow file (resume).
 fn rows_of(path: &Path) -> Result<u64> {
     let mut rows = 0;
@@ -436,18 +445,57 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
     let dir = run.dir.clone();
     let t = Instant::now();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
+    let manifest_run = &mut *run;
+    let kept = &done;
     let written = std::thread::scope(|s| -> Result<Vec<Done>> {
         let schema = images_schema.clone();
         let dir = &dir;
+        // The writer also records each chunk in the manifest as soon as it is
+        // written (the checksum reads it back while the page cache holds
+        // it), in chunk order with the resumed chunks, instead of all at the
+        // end: only the last chunk's checksum is left after the decoding.
         let writer = s.spawn(move || -> Result<Vec<Done>> {
             let mut v = Vec::new();
+            let mut kept = kept.iter().peekable();
             for c in rx {
-                v.push(write_chunk(dir, &schema, c)?);
+                let t = Instant::now();
+                let d = write_chunk(dir, &schema, c)?;
+                let wrote = t.elapsed().as_secs_f64();
+                while let Some(old) = kept.next_if(|old| old.k < d.k) {
+                    add_outputs(manifest_run, old)?;
+                }
+                add_outputs(manifest_run, &d)?;
+                tracing::debug!(
+                    "prepare: chunk {} written in {wrote:.3} s, checksummed in {:.3} s",
+                    d.k,
+                    t.elapsed().as_secs_f64() - wrote
+                );
+                v.push(d);
+            }
+            for old in kept {
+                add_outputs(manifest_run, old)?;
             }
             Ok(v)
         });
+        // Read-ahead: while the workers decode chunk i, a helper thread asks
+        // the kernel for chunk i + 1's files (no further, so a cold 140 GB
+        // input never floods the page cache), so the workers' reads wait on
+        // the disk less when the input is not cached.
+        let (started, started_rx) = std::sync::mpsc::channel::<()>();
+        let listing_ref = &listing;
+        let todo_ref = &todo;
+        s.spawn(move || {
+            for (i, &k) in todo_ref.iter().enumerate() {
+                if i > 0 && started_rx.recv().is_err() {
+                    break;
+                }
+                listing_ref.prefetch(&listing_ref.items[range(k)]);
+            }
+        });
         let mut failure = None;
         for &k in &todo {
+            let _ = started.send(());
+            let t = Instant::now();
             let items = &listing.items[range(k)];
             let results: Vec<Outcome1> = pool.install(|| {
                 items
@@ -476,11 +524,17 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
                 items: items.iter().map(|i| (i.path.clone(), i.label)).collect(),
                 results,
             };
+            let decoded = t.elapsed().as_secs_f64();
             if tx.send(chunk).is_err() {
                 break; // the writer failed; its error is returned below
             }
+            tracing::debug!(
+                "prepare: chunk {k} decoded in {decoded:.3} s, waited {:.3} s for the writer",
+                t.elapsed().as_secs_f64() - decoded
+            );
         }
         drop(tx);
+        drop(started);
         let written = writer
             .join()
             .map_err(|_| Error::invalid("prepare: the writer thread panicked"))??;
@@ -502,10 +556,6 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
         seen += d.seen;
         ok += d.written;
         rejected += d.rejected;
-        run.add_output(images_name(d.k), Some(d.written))?;
-        if d.rejected > 0 {
-            run.add_output(rejects_name(d.k), Some(d.rejected))?;
-        }
     }
     debug_assert_eq!(seen, ok + rejected);
     run.count("input_kind", listing.kind);
