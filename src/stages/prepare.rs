@@ -72,6 +72,13 @@ pub struct Params {
     /// Refuse images with more pixels than this (checked from the header, before decoding).
     #[arg(long, default_value_t = 100_000_000)]
     pub max_pixels: u64,
+    /// Refuse files larger than this many bytes (checked before reading them).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_file_bytes: u64,
+    /// Follow symbolic links in a folder input that lead outside it (by
+    /// default each is a reject, not followed).
+    #[arg(long)]
+    pub follow_links: bool,
     /// Inputs per output shard (also the unit of resuming and slicing).
     #[arg(long, default_value_t = 1000)]
     pub rows_per_shard: usize,
@@ -100,6 +107,8 @@ impl Default for Params {
             png_compression: PngCompression::Fast,
             jpeg_scaling: JpegScaling::Auto,
             max_pixels: 100_000_000,
+            max_file_bytes: 256 << 20,
+            follow_links: false,
             rows_per_shard: 1000,
             shard_index: 0,
             num_shards: 1,
@@ -259,15 +268,17 @@ fn quiet_panics_in_decoders() {
     });
 }
 
-fn process(listing: &Listing, item: &Item, opts: &codec::Options) -> Outcome1 {
+fn process(listing: &Listing, item: &Item, opts: &codec::Options, max_bytes: u64) -> Outcome1 {
     IN_DECODE.with(|f| f.set(true));
-    let r = catch_unwind(AssertUnwindSafe(|| match listing.fetch(item)? {
-        Bytes::Encoded(b) => codec::prepare(&b, opts),
-        Bytes::Gray {
-            pixels,
-            width,
-            height,
-        } => codec::prepare_gray(pixels, width, height, opts),
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        match listing.fetch(item, max_bytes)? {
+            Bytes::Encoded(b) => codec::prepare(&b, opts),
+            Bytes::Gray {
+                pixels,
+                width,
+                height,
+            } => codec::prepare_gray(pixels, width, height, opts),
+        }
     }));
     IN_DECODE.with(|f| f.set(false));
     r.unwrap_or_else(|_| Err("the decoder crashed on this file (malformed data)".to_string()))
@@ -359,6 +370,24 @@ fn write_chunk(dir: &Path, images_schema: &arrow::datatypes::SchemaRef, c: Chunk
     })
 }
 
+/// An output folder inside a folder input would list its own files as
+/// inputs (a spurious class, and a stage never up to date): refused.
+fn refuse_output_inside_input(input: &Path, output: &Path) -> Result<()> {
+    if !input.is_dir() {
+        return Ok(());
+    }
+    let real = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, e));
+    let (i, o) = (real(input)?, real(output)?);
+    if o.starts_with(&i) {
+        return Err(Error::invalid(format!(
+            "--output {} is inside --input {}: its own files would become inputs; give an output folder outside the input",
+            output.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Records a finished chunk's files in the manifest, images before rejects.
 fn add_outputs(run: &mut StageRun, d: &Done) -> Result<()> {
     run.add_output(images_name(d.k), Some(d.written))?;
@@ -387,9 +416,14 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
         jpeg_scaling: params.jpeg_scaling,
         png_compression: params.png_compression,
     };
+    refuse_output_inside_input(&params.input, &run.dir)?;
     let t = Instant::now();
     let spin = progress::spinner("inputs listed");
-    let listing = input::list(&params.input)?;
+    let input_opts = input::Options {
+        follow_links: params.follow_links,
+        max_file_bytes: params.max_file_bytes,
+    };
+    let listing = input::list(&params.input, &input_opts)?;
     spin.finish_and_clear();
     let names = class_names(params, &listing)?;
     run.phase("list", t.elapsed().as_secs_f64());
@@ -501,7 +535,7 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
                 items
                     .par_iter()
                     .map(|it| {
-                        let r = process(&listing, it, &opts);
+                        let r = process(&listing, it, &opts, params.max_file_bytes);
                         bar.inc(1);
                         r
                     })
