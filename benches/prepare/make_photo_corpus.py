@@ -12,9 +12,10 @@ usage: make_photo_corpus.py PHOTOS_DIR OUT_DIR [COUNT]   (COUNT default 6000)
 """
 import os
 import random
-import sys
 
 from PIL import Image
+
+import make_corpus
 
 SIZES = [(256, 192), (320, 240), (400, 300), (500, 375), (500, 400), (640, 480), (800, 600), (1024, 768)]
 SUBSAMPLING = [(0.75, 2), (0.15, 0), (0.10, 1)]  # (share, PIL's code: 2 = 4:2:0, 0 = 4:4:4, 1 = 4:2:2)
@@ -30,13 +31,8 @@ def pick(rng, table):
 
 
 def main():
-    photos_dir, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 6000
-    photos = sorted(p for p in os.listdir(photos_dir) if p.startswith("imagenet_") and p.endswith(".jpg"))
-    assert len(photos) >= 20, f"expected the 20 foolbox photos in {photos_dir}"
+    sources, out, count, tmp = make_corpus.args()
     rng = random.Random(1)
-    sources = [Image.open(os.path.join(photos_dir, p)).convert("RGB") for p in photos]
-    tmp = out + ".tmp"
-    os.makedirs(tmp, exist_ok=True)
     total = 0
     for i in range(count):
         c = i % len(sources)
