@@ -949,15 +949,13 @@ fn symlinks_out_of_the_input_folder_are_rejects_unless_followed() {
     symlink(private.join("x.jpg"), a.join("photo.jpg")).unwrap(); // a file link out
     symlink("in.jpg", a.join("alias.jpg")).unwrap(); // a link inside: followed
 
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["--input", s(&root), "--output", s(out), "--size", "16"];
+        a.extend_from_slice(extra);
+        ok(&prepare(&a));
+    };
     let out = tmp.path().join("o");
-    ok(&prepare(&[
-        "--input",
-        s(&root),
-        "--output",
-        s(&out),
-        "--size",
-        "16",
-    ]));
+    run(&out, &[]);
     let imgs = paths_under(&root, &out);
     assert_eq!(imgs, ["a/alias.jpg", "a/in.jpg"]);
     let rej = rejects_under(&root, &out);
@@ -975,15 +973,7 @@ fn symlinks_out_of_the_input_folder_are_rejects_unless_followed() {
 
     // --follow-links reads them (the key becomes a reject like any non-image).
     let out = tmp.path().join("followed");
-    ok(&prepare(&[
-        "--input",
-        s(&root),
-        "--output",
-        s(&out),
-        "--size",
-        "16",
-        "--follow-links",
-    ]));
+    run(&out, &["--follow-links"]);
     let imgs = paths_under(&root, &out);
     assert_eq!(
         imgs,

@@ -180,16 +180,17 @@ fn read_regular(path: &Path, max_bytes: u64) -> std::result::Result<Vec<u8>, Str
     }
     check_size(meta.len(), max_bytes)?;
     let mut f = File::open(path).map_err(cannot)?;
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    let mut buf = Vec::with_capacity(SNIFF_BYTES);
     (&mut f)
         .take(SNIFF_BYTES as u64)
         .read_to_end(&mut buf)
         .map_err(cannot)?;
     sniff(&buf)?;
+    buf.reserve_exact((meta.len() as usize).saturating_sub(buf.len()));
     // At most one byte past the limit: a file that grew since the metadata
     // was read is still refused, not read without bound.
     (&mut f)
-        .take((max_bytes + 1).saturating_sub(buf.len() as u64))
+        .take(max_bytes.saturating_add(1).saturating_sub(buf.len() as u64))
         .read_to_end(&mut buf)
         .map_err(cannot)?;
     check_size(buf.len() as u64, max_bytes)?;
