@@ -8,6 +8,7 @@
 #  - the headers the distributed shim needs: Debian's libgloo-dev (CPU
 #    collectives) and, in the Python environment, the CUDA CCCL headers
 #    beside torch's NCCL and CUDA ones;
+#  - what the build needs beyond Rust: Debian's cmake and nasm (libjpeg-turbo);
 #  - build/env.mk, which points the build at the cached libtorch.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,14 +31,17 @@ fi
 libtorch=$("$venv/bin/python" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
 
 # 2. Debian packages (needs root, as CI and the dev machines have): the
-#    Fashion-MNIST data, and gloo's headers, which the distributed shim
-#    compiles against for CPU collectives (the torch wheel carries gloo
-#    inside libtorch_cpu.so but not its headers; nothing links Debian's
-#    libgloo itself).
+#    Fashion-MNIST data; gloo's headers, which the distributed shim compiles
+#    against for CPU collectives (the torch wheel carries gloo inside
+#    libtorch_cpu.so but not its headers; nothing links Debian's libgloo
+#    itself); cmake and nasm, with which the turbojpeg crate builds
+#    libjpeg-turbo (prepare's JPEG decoder) and its SIMD code.
 fm=/usr/share/datasets/fashion-mnist
 debs=()
 [ -f "$fm/train-images-idx3-ubyte.gz" ] || debs+=(dataset-fashion-mnist)
 [ -f /usr/include/gloo/config.h ] || debs+=(libgloo-dev)
+command -v cmake >/dev/null || debs+=(cmake)
+command -v nasm >/dev/null || debs+=(nasm)
 if [ ${#debs[@]} -gt 0 ]; then
   log "installing Debian packages ${debs[*]}"
   sudo=()

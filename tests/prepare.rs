@@ -891,3 +891,256 @@ fn idx_fashion_mnist_with_class_names_and_readable_by_datasets() {
     assert!(o.status.success(), "{}", common::text(&o));
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "10000");
 }
+
+// Input hardening (issue 13, item 6): each probe finding with a real bad input.
+
+/// `p` relative to `root` (rows record the full path of a folder's file).
+fn under(root: &Path, p: &str) -> String {
+    let prefix = format!("{}/", root.display());
+    p.strip_prefix(&prefix).unwrap_or(p).to_string()
+}
+
+/// The rejects of `out`, paths relative to `root`.
+fn rejects_under(root: &Path, out: &Path) -> Vec<(String, String)> {
+    rejects(out)
+        .into_iter()
+        .map(|(p, r)| (under(root, &p), r))
+        .collect()
+}
+
+/// The image paths of `out`, relative to `root`.
+fn paths_under(root: &Path, out: &Path) -> Vec<String> {
+    images(out).iter().map(|r| under(root, &r.path)).collect()
+}
+
+/// Runs prepare under GNU time; returns the output and the peak RSS in MB.
+fn prepare_peak_rss(args: &[&str]) -> (std::process::Output, u64) {
+    let o = std::process::Command::new("/usr/bin/time")
+        .args([
+            "-f",
+            "peak-rss-kb %M",
+            env!("CARGO_BIN_EXE_fewlabels"),
+            "prepare",
+            "--quiet",
+        ])
+        .args(args)
+        .output()
+        .expect("spawn /usr/bin/time");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let kb: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {err}"));
+    (o, kb / 1024)
+}
+
+#[test]
+fn symlinks_out_of_the_input_folder_are_rejects_unless_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let a = root.join("a");
+    fs::create_dir_all(&a).unwrap();
+    fs::copy(photo(0), a.join("in.jpg")).unwrap();
+    // Outside the input: a private key and a photo.
+    let private = tmp.path().join("private");
+    fs::create_dir_all(&private).unwrap();
+    fs::write(
+        private.join("id_ed25519"),
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    fs::copy(photo(1), private.join("x.jpg")).unwrap();
+    use std::os::unix::fs::symlink;
+    symlink(&private, a.join("elsewhere")).unwrap(); // a folder link out
+    symlink(private.join("x.jpg"), a.join("photo.jpg")).unwrap(); // a file link out
+    symlink("in.jpg", a.join("alias.jpg")).unwrap(); // a link inside: followed
+
+    let run = |out: &Path, extra: &[&str]| {
+        let mut a = vec!["--input", s(&root), "--output", s(out), "--size", "16"];
+        a.extend_from_slice(extra);
+        ok(&prepare(&a));
+    };
+    let out = tmp.path().join("o");
+    run(&out, &[]);
+    let imgs = paths_under(&root, &out);
+    assert_eq!(imgs, ["a/alias.jpg", "a/in.jpg"]);
+    let rej = rejects_under(&root, &out);
+    assert_eq!(rej.len(), 2, "{rej:?}");
+    for ((path, reason), want) in rej.iter().zip(["a/elsewhere", "a/photo.jpg"]) {
+        assert_eq!(path, want);
+        assert!(
+            reason.starts_with("symbolic link to ")
+                && reason.contains("outside the input folder; not followed"),
+            "{reason}"
+        );
+    }
+    // Nothing below the link was listed: no path of the private folder.
+    assert!(!rej.iter().any(|(p, _)| p.contains("id_ed25519")));
+
+    // --follow-links reads them (the key becomes a reject like any non-image).
+    let out = tmp.path().join("followed");
+    run(&out, &["--follow-links"]);
+    let imgs = paths_under(&root, &out);
+    assert_eq!(
+        imgs,
+        [
+            "a/alias.jpg",
+            "a/elsewhere/x.jpg",
+            "a/in.jpg",
+            "a/photo.jpg"
+        ]
+    );
+    let rej = rejects_under(&root, &out);
+    assert_eq!(rej.len(), 1, "{rej:?}");
+    assert_eq!(rej[0].0, "a/elsewhere/id_ed25519");
+    assert!(rej[0].1.starts_with("not an image"), "{}", rej[0].1);
+}
+
+#[test]
+fn an_output_folder_inside_the_input_folder_is_refused_in_one_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    fs::create_dir_all(root.join("a")).unwrap();
+    fs::copy(photo(0), root.join("a").join("x.jpg")).unwrap();
+    for out in [
+        root.join("images"),
+        root.join("a").join("deeper").join("images"),
+    ] {
+        let o = prepare(&["--input", s(&root), "--output", s(&out)]);
+        // A usage error, found before anything runs.
+        assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains("is inside --input"), "{err}");
+        let arrow = fs::read_dir(&out)
+            .map(|d| {
+                d.filter(|e| {
+                    e.as_ref()
+                        .unwrap()
+                        .path()
+                        .extension()
+                        .is_some_and(|x| x == "arrow")
+                })
+                .count()
+            })
+            .unwrap_or(0);
+        assert_eq!(arrow, 0, "nothing prepared into {out:?}");
+        assert!(!out.exists(), "nothing created inside the input: {out:?}");
+    }
+    // Beside the input is fine.
+    ok(&prepare(&[
+        "--input",
+        s(&root),
+        "--output",
+        s(&tmp.path().join("images")),
+    ]));
+}
+
+#[test]
+fn big_files_are_refused_by_size_or_header_before_they_are_read() {
+    use std::io::Write;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    fs::create_dir_all(&root).unwrap();
+    fs::copy(photo(0), root.join("a_photo.jpg")).unwrap();
+    // 1 GiB that is no image (sparse files: no disk used).
+    let mut f = fs::File::create(root.join("b_big.JPEG")).unwrap();
+    f.write_all(b"MOV data, not a JPEG, whatever the name says")
+        .unwrap();
+    f.set_len(1 << 30).unwrap();
+    // 300 MiB that starts like a JPEG: above the default 256 MiB limit.
+    let mut f = fs::File::create(root.join("c_huge.jpg")).unwrap();
+    f.write_all(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', 0])
+        .unwrap();
+    f.set_len(300 << 20).unwrap();
+    drop(f);
+
+    let out = tmp.path().join("o");
+    let (o, _) = prepare_peak_rss(&["--input", s(&root), "--output", s(&out), "--size", "16"]);
+    ok(&o);
+    assert_eq!(images(&out).len(), 1);
+    let limit = |size: u64| {
+        format!(
+            "{size} bytes is above the max-file-bytes limit of {} (not read)",
+            256 << 20
+        )
+    };
+    assert_eq!(
+        rejects_under(&root, &out),
+        [
+            ("b_big.JPEG".to_string(), limit(1 << 30)),
+            ("c_huge.jpg".to_string(), limit(300 << 20)),
+        ]
+    );
+
+    // Raise the limit past both: the 1 GiB non-image is still refused from
+    // its first bytes, so the run's memory stays that of the binary (~0.5
+    // GB with libtorch mapped), not 1 GiB more.
+    let out = tmp.path().join("o2");
+    let (o, peak_mb) = prepare_peak_rss(&[
+        "--input",
+        s(&root),
+        "--output",
+        s(&out),
+        "--size",
+        "16",
+        "--max-file-bytes",
+        &(2u64 << 30).to_string(),
+    ]);
+    ok(&o);
+    let rej = rejects_under(&root, &out);
+    assert_eq!(rej.len(), 2, "{rej:?}");
+    assert!(rej[0].1.starts_with("not an image"), "{rej:?}");
+    assert!(
+        rej[1].1.contains("JPEG"),
+        "the fake JPEG is decoded and refused: {rej:?}"
+    );
+    assert!(peak_mb < 1024 + 300, "peak RSS {peak_mb} MB");
+
+    // A small limit refuses the photo itself, with its size.
+    let out = tmp.path().join("o3");
+    ok(&prepare(&[
+        "--input",
+        s(&root),
+        "--output",
+        s(&out),
+        "--max-file-bytes",
+        "1000",
+    ]));
+    let size = fs::metadata(photo(0)).unwrap().len();
+    assert_eq!(
+        rejects_under(&root, &out)[0],
+        (
+            "a_photo.jpg".to_string(),
+            format!("{size} bytes is above the max-file-bytes limit of 1000 (not read)")
+        )
+    );
+}
+
+#[test]
+fn broken_list_files_are_one_line_errors_naming_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::copy(photo(0), tmp.path().join("ok.jpg")).unwrap();
+    let csv = tmp.path().join("list.csv");
+    fs::write(&csv, "path,label\nok.jpg,a\n\"broken.jpg,b\nok.jpg,a\n").unwrap();
+    let o = prepare(&["--input", s(&csv), "--output", s(&tmp.path().join("o"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(s(&csv)) && err.contains("opened on line 3 is never closed"),
+        "{err}"
+    );
+    // A Parquet file that is not one.
+    let pq = tmp.path().join("list.parquet");
+    fs::write(&pq, b"PAR1 not really parquet PAR1").unwrap();
+    let o = prepare(&["--input", s(&pq), "--output", s(&tmp.path().join("p"))]);
+    assert_eq!(o.status.code(), Some(1), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(s(&pq)) && err.contains("not a readable Parquet file"),
+        "{err}"
+    );
+}

@@ -16,14 +16,21 @@ from PIL import Image
 SIZES = [(500, 375), (375, 500), (500, 333), (333, 500), (640, 480), (800, 600), (500, 500)]
 
 
-def main():
+def args():
+    """PHOTOS_DIR OUT_DIR [COUNT]: the 20 photos (RGB, sorted by name), the
+    output folder, the count, and the temporary folder to fill."""
     photos_dir, out, count = sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 6000
     photos = sorted(p for p in os.listdir(photos_dir) if p.startswith("imagenet_") and p.endswith(".jpg"))
     assert len(photos) >= 20, f"expected the 20 foolbox photos in {photos_dir}"
-    rng = random.Random(0)
     sources = [Image.open(os.path.join(photos_dir, p)).convert("RGB") for p in photos]
     tmp = out + ".tmp"
     os.makedirs(tmp, exist_ok=True)
+    return sources, out, count, tmp
+
+
+def main():
+    sources, out, count, tmp = args()
+    rng = random.Random(0)
     total = 0
     for i in range(count):
         c = i % len(sources)

@@ -6,6 +6,10 @@
 //! `label` may hold class names (strings: classes are the sorted distinct
 //! names) or class indices (integers: classes `0..=max`, named by their
 //! number unless `--class-names` names them). Null labels are unlabelled.
+//!
+//! A list that polars cannot read is reported in one line naming the file
+//! (and, for an unterminated quote, the line it opens on), not with polars'
+//! multi-line message and its advice for Python users.
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -22,14 +26,18 @@ pub fn list(path: &Path) -> Result<Listing> {
         .unwrap_or(false);
     let df = if is_parquet {
         let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        ParquetReader::new(f).finish().at(path)?
+        ParquetReader::new(f).finish().map_err(|e| {
+            Error::file(
+                path,
+                format!("not a readable Parquet file ({})", first_line(&e)),
+            )
+        })?
     } else {
         CsvReadOptions::default()
             .with_has_header(true)
             .try_into_reader_with_file_path(Some(path.to_path_buf()))
-            .at(path)?
-            .finish()
-            .at(path)?
+            .and_then(|r| r.finish())
+            .map_err(|e| Error::file(path, csv_reason(path, &e)))?
     };
     let paths = df.column("path").map_err(|_| {
         Error::file(
@@ -113,4 +121,55 @@ pub fn list(path: &Path) -> Result<Listing> {
         },
         ..Listing::default()
     })
+}
+
+/// The first line of a polars error, without its hints.
+fn first_line(e: &PolarsError) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().trim().to_string()
+}
+
+/// Why a CSV list did not parse, in one line: an unterminated quote is found
+/// by scanning the file (polars does not say where); anything else is
+/// polars' first line.
+fn csv_reason(path: &Path, e: &PolarsError) -> String {
+    if let Some(line) = std::fs::read(path)
+        .ok()
+        .and_then(|b| unterminated_quote(&b))
+    {
+        return format!(
+            "not a readable CSV list: the quote (\") opened on line {line} is never closed"
+        );
+    }
+    format!("not a readable CSV list ({})", first_line(e))
+}
+
+/// The 1-based line on which a quoted field opens and never closes. A quote
+/// inside a quoted field is written doubled (`""`), which toggles twice.
+fn unterminated_quote(bytes: &[u8]) -> Option<usize> {
+    let (mut line, mut open_at, mut quoted) = (1, 0, false);
+    for &b in bytes {
+        match b {
+            b'"' => {
+                quoted = !quoted;
+                if quoted {
+                    open_at = line;
+                }
+            }
+            b'\n' => line += 1,
+            _ => {}
+        }
+    }
+    quoted.then_some(open_at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_line_of_an_unterminated_quote() {
+        assert_eq!(unterminated_quote(b"path\na.jpg\n\"b,\"\"c\"\"\n"), Some(3));
+        assert_eq!(unterminated_quote(b"path\n\"a\"\"b.jpg\"\n"), None);
+    }
 }

@@ -73,6 +73,13 @@ pub struct Params {
     /// Refuse images with more pixels than this (checked from the header, before decoding).
     #[arg(long, default_value_t = 100_000_000)]
     pub max_pixels: u64,
+    /// Refuse files larger than this many bytes (checked before reading them).
+    #[arg(long, default_value_t = 256 << 20)]
+    pub max_file_bytes: u64,
+    /// Follow symbolic links in a folder input that lead outside it (by
+    /// default each is a reject, not followed).
+    #[arg(long)]
+    pub follow_links: bool,
     /// Inputs per output shard (also the unit of resuming and slicing).
     #[arg(long, default_value_t = 1000)]
     pub rows_per_shard: usize,
@@ -101,6 +108,8 @@ impl Default for Params {
             png_compression: PngCompression::Fast,
             jpeg_scaling: JpegScaling::Auto,
             max_pixels: 100_000_000,
+            max_file_bytes: 256 << 20,
+            follow_links: false,
             rows_per_shard: 1000,
             shard_index: 0,
             num_shards: 1,
@@ -160,7 +169,7 @@ impl Stage for Prepare {
                 "--merge writes the whole dataset: give the slices' other parameters, without --shard-index/--num-shards",
             ));
         }
-        Ok(())
+        refuse_output_inside_input(&p.input, &dirs.output)
     }
 
     fn inputs(_: &RunDirs, params: &Params) -> Vec<Input> {
@@ -247,15 +256,17 @@ fn quiet_panics_in_decoders() {
     });
 }
 
-fn process(listing: &Listing, item: &Item, opts: &codec::Options) -> Outcome1 {
+fn process(listing: &Listing, item: &Item, opts: &codec::Options, max_bytes: u64) -> Outcome1 {
     IN_DECODE.with(|f| f.set(true));
-    let r = catch_unwind(AssertUnwindSafe(|| match listing.fetch(item)? {
-        Bytes::Encoded(b) => codec::prepare(&b, opts),
-        Bytes::Gray {
-            pixels,
-            width,
-            height,
-        } => codec::prepare_gray(pixels, width, height, opts),
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        match listing.fetch(item, max_bytes)? {
+            Bytes::Encoded(b) => codec::prepare(&b, opts),
+            Bytes::Gray {
+                pixels,
+                width,
+                height,
+            } => codec::prepare_gray(pixels, width, height, opts),
+        }
     }));
     IN_DECODE.with(|f| f.set(false));
     r.unwrap_or_else(|_| Err("the decoder crashed on this file (malformed data)".to_string()))
@@ -347,6 +358,53 @@ fn write_chunk(dir: &Path, images_schema: &arrow::datatypes::SchemaRef, c: Chunk
     })
 }
 
+/// An output folder inside a folder input would list its own files as
+/// inputs (a spurious class, and a stage never up to date): refused before
+/// anything runs, so nothing is created inside the input either.
+fn refuse_output_inside_input(input: &Path, output: &Path) -> Result<()> {
+    if !input.is_dir() {
+        return Ok(());
+    }
+    let i = std::fs::canonicalize(input).map_err(|e| Error::io(input, e))?;
+    if resolved(output).starts_with(&i) {
+        return Err(Error::usage(format!(
+            "--output {} is inside --input {}: its own files would become inputs; give an output folder outside the input",
+            output.display(),
+            input.display()
+        )));
+    }
+    Ok(())
+}
+
+/// `path` with links resolved, for a path that may not exist yet: its
+/// nearest existing ancestor resolved, the rest appended.
+fn resolved(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut rest = Vec::new();
+    let mut at = abs.as_path();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |p, c| p.join(c));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                at = parent;
+            }
+            _ => return abs,
+        }
+    }
+}
+
+/// Records a finished chunk's files in the manifest, images before rejects.
+fn add_outputs(run: &mut StageRun, d: &Done) -> Result<()> {
+    run.add_output(images_name(d.k), Some(d.written))?;
+    if d.rejected > 0 {
+        run.add_output(rejects_name(d.k), Some(d.rejected))?;
+    }
+    Ok(())
+}
+
 /// Rows of a finished Arrow file (resume).
 fn rows_of(path: &Path) -> Result<u64> {
     let mut rows = 0;
@@ -368,7 +426,11 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
     };
     let t = Instant::now();
     let spin = progress::spinner("inputs listed");
-    let listing = input::list(&params.input)?;
+    let input_opts = input::Options {
+        follow_links: params.follow_links,
+        max_file_bytes: params.max_file_bytes,
+    };
+    let listing = input::list(&params.input, &input_opts)?;
     spin.finish_and_clear();
     let names = class_names(params, &listing)?;
     run.phase("list", t.elapsed().as_secs_f64());
@@ -433,24 +495,63 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
     let dir = run.dir.clone();
     let t = Instant::now();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(1);
+    let manifest_run = &mut *run;
+    let kept = &done;
     let written = std::thread::scope(|s| -> Result<Vec<Done>> {
         let schema = images_schema.clone();
         let dir = &dir;
+        // The writer also records each chunk in the manifest as soon as it is
+        // written (the checksum reads it back while the page cache holds
+        // it), in chunk order with the resumed chunks, instead of all at the
+        // end: only the last chunk's checksum is left after the decoding.
         let writer = s.spawn(move || -> Result<Vec<Done>> {
             let mut v = Vec::new();
+            let mut kept = kept.iter().peekable();
             for c in rx {
-                v.push(write_chunk(dir, &schema, c)?);
+                let t = Instant::now();
+                let d = write_chunk(dir, &schema, c)?;
+                let wrote = t.elapsed().as_secs_f64();
+                while let Some(old) = kept.next_if(|old| old.k < d.k) {
+                    add_outputs(manifest_run, old)?;
+                }
+                add_outputs(manifest_run, &d)?;
+                tracing::debug!(
+                    "prepare: chunk {} written in {wrote:.3} s, checksummed in {:.3} s",
+                    d.k,
+                    t.elapsed().as_secs_f64() - wrote
+                );
+                v.push(d);
+            }
+            for old in kept {
+                add_outputs(manifest_run, old)?;
             }
             Ok(v)
         });
+        // Read-ahead: while the workers decode chunk i, a helper thread asks
+        // the kernel for chunk i + 1's files (no further, so a cold 140 GB
+        // input never floods the page cache), so the workers' reads wait on
+        // the disk less when the input is not cached.
+        let (started, started_rx) = std::sync::mpsc::channel::<()>();
+        let listing_ref = &listing;
+        let todo_ref = &todo;
+        s.spawn(move || {
+            for (i, &k) in todo_ref.iter().enumerate() {
+                if i > 0 && started_rx.recv().is_err() {
+                    break;
+                }
+                listing_ref.prefetch(&listing_ref.items[range(k)]);
+            }
+        });
         let mut failure = None;
         for &k in &todo {
+            let _ = started.send(());
+            let t = Instant::now();
             let items = &listing.items[range(k)];
             let results: Vec<Outcome1> = pool.install(|| {
                 items
                     .par_iter()
                     .map(|it| {
-                        let r = process(&listing, it, &opts);
+                        let r = process(&listing, it, &opts, params.max_file_bytes);
                         bar.inc(1);
                         r
                     })
@@ -473,11 +574,17 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
                 items: items.iter().map(|i| (i.path.clone(), i.label)).collect(),
                 results,
             };
+            let decoded = t.elapsed().as_secs_f64();
             if tx.send(chunk).is_err() {
                 break; // the writer failed; its error is returned below
             }
+            tracing::debug!(
+                "prepare: chunk {k} decoded in {decoded:.3} s, waited {:.3} s for the writer",
+                t.elapsed().as_secs_f64() - decoded
+            );
         }
         drop(tx);
+        drop(started);
         let written = writer
             .join()
             .map_err(|_| Error::invalid("prepare: the writer thread panicked"))??;
@@ -499,10 +606,6 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
         seen += d.seen;
         ok += d.written;
         rejected += d.rejected;
-        run.add_output(images_name(d.k), Some(d.written))?;
-        if d.rejected > 0 {
-            run.add_output(rejects_name(d.k), Some(d.rejected))?;
-        }
     }
     debug_assert_eq!(seen, ok + rejected);
     run.count("input_kind", listing.kind);
