@@ -577,14 +577,7 @@ fn a_killed_rank_stops_train_gan_and_the_two_rank_run_resumes() {
     }
     let (c0, mut c1) = (piped(c0), piped(c1));
     let first = two.join("checkpoints/ckpt-00000002.safetensors");
-    let t0 = Instant::now();
-    while !first.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(200),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_file(&first, Duration::from_secs(200));
     c1.kill().expect("SIGKILL");
     let _ = c1.wait();
     survives_lost_peer(c0, "error: rank 0 of 2: ");

@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::ValueEnum;
 use fewlabels::gan::modes::GanMode;
@@ -223,14 +223,7 @@ fn killed_run_resumes_to_the_uninterrupted_weights() {
         .spawn()
         .expect("spawn");
     let first = resumed.join("checkpoints/ckpt-00000002.safetensors");
-    let t0 = Instant::now();
-    while !first.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::wait_for_file(&first, Duration::from_secs(120));
     child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL on Unix.
     let status = child.wait().expect("wait");
     assert!(!status.success(), "the run was killed before it finished");

@@ -11,9 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use tch::{nn, CModule, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::metrics::inception::Inception;
 use crate::models::resnet::{RotationNet, SavedModel, MODEL_INFO};
 
 /// A classifier that labels images for class consistency.
@@ -26,10 +27,8 @@ pub enum ClassJudge {
         classes: i64,
         device: Device,
     },
-    Script {
-        module: CModule,
-        device: Device,
-    },
+    /// A TorchScript file, loaded and run as the Inception is.
+    Script(Inception),
 }
 
 impl ClassJudge {
@@ -53,25 +52,14 @@ impl ClassJudge {
                 "neither a `pretrain` folder (model.json) nor a TorchScript file",
             ));
         }
-        let mut module = CModule::load_on_device(path, device).map_err(|e| {
-            let msg = e.to_string();
-            Error::file(
-                path,
-                format!(
-                    "not a loadable TorchScript module ({}); give a file saved with torch.jit.save",
-                    msg.lines().next().unwrap_or("")
-                ),
-            )
-        })?;
-        module.set_eval();
-        Ok(Some(ClassJudge::Script { module, device }))
+        Ok(Some(ClassJudge::Script(Inception::load(path, device)?)))
     }
 
     /// Classes of a pretrained head (a TorchScript file's are known only from its output).
     pub fn classes(&self) -> Option<i64> {
         match self {
             ClassJudge::Pretrained { classes, .. } => Some(*classes),
-            ClassJudge::Script { .. } => None,
+            ClassJudge::Script(_) => None,
         }
     }
 
@@ -97,9 +85,7 @@ impl ClassJudge {
                         .classes
                         .ok_or_else(|| Error::invalid("the extractor has no class head"))
                 }
-                ClassJudge::Script { module, device } => module
-                    .forward_ts(&[images.to_device(*device).to_kind(Kind::Float)])
-                    .map_err(Error::Torch),
+                ClassJudge::Script(net) => net.forward(&images.to_kind(Kind::Float)),
             }
         })?;
         if logits.dim() != 2 || logits.size()[0] != images.size()[0] {

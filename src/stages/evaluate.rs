@@ -739,7 +739,7 @@ fn gan_accumulate(
                 .iter()
                 .zip(labels.chunks(params.batch_size))
             {
-                confusion.add(y, &judge.predict(&(x / 127.5 - 1.0))?);
+                confusion.add(y, &judge.predict(&signed(x))?);
             }
         }
         for b in q.split(params.batch_size as i64, 0) {
@@ -898,10 +898,7 @@ fn class_histogram(
     table: &ImagesTable,
     classes: &BTreeMap<i64, u64>,
 ) -> Result<BTreeMap<String, u64>> {
-    let names = match table.files.first() {
-        Some(f) => crate::shard::schema::class_names_of(shard_schema(f)?.as_ref()),
-        None => Vec::new(),
-    };
+    let names = names_of(table)?;
     Ok(classes
         .iter()
         .map(|(&l, &c)| {
@@ -1058,7 +1055,6 @@ fn row_labels(batch: &RecordBatch, rows: &[usize]) -> Vec<i64> {
 /// What the judge says of uint8 `[3, H, W]` images (each may have its own
 /// size), on the loader's [-1, 1] scale.
 fn judge_images(judge: &ClassJudge, images: &[Tensor]) -> Result<Vec<i64>> {
-    let signed = |t: &Tensor| t.to_kind(Kind::Float) / 127.5 - 1.0;
     if images.windows(2).all(|w| w[0].size() == w[1].size()) {
         return judge.predict(&signed(&Tensor::stack(images, 0)));
     }
@@ -1067,6 +1063,11 @@ fn judge_images(judge: &ClassJudge, images: &[Tensor]) -> Result<Vec<i64>> {
         out.extend(judge.predict(&signed(&t.unsqueeze(0)))?);
     }
     Ok(out)
+}
+
+/// Images with values 0..255 on the training loader's [-1, 1] scale.
+fn signed(images: &Tensor) -> Tensor {
+    images.to_kind(Kind::Float) / 127.5 - 1.0
 }
 
 /// The judge's confusion on a seeded sample of `limit` labelled rows of a

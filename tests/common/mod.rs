@@ -213,3 +213,12 @@ pub fn train_shards(
     let labelled = j["counts"]["labelled"].as_u64().expect("labelled count");
     (train, labelled)
 }
+
+/// Waits until `path` exists (a checkpoint a running child writes), at most `limit`.
+pub fn wait_for_file(path: &std::path::Path, limit: std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    while !path.exists() {
+        assert!(t0.elapsed() < limit, "{} did not appear", path.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
