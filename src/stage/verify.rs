@@ -9,8 +9,8 @@
 //! it. A file is hashed at most once per process (the result is kept with
 //! its size and modification time), so a pipeline whose stages all read
 //! `images/` pays for it once. blake3 is cheap beside the stages that read
-//! the files: `--plan` over the demo's 119 MB of finished outputs costs
-//! under 0.1 s of CPU beyond start-up (BENCHMARKS.md, "Verified inputs").
+//! the files: `--plan` over the demo's 119 MB of finished outputs adds
+//! ~0.3 s to start-up (BENCHMARKS.md, "Verified inputs").
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
