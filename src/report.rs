@@ -60,6 +60,8 @@ pub fn write_report(run_dir: &Path, title: &str) -> Result<(PathBuf, PathBuf)> {
         run_dir.display(),
         env!("CARGO_PKG_VERSION")
     )));
+    headline_blocks(&stages, run_dir, &mut blocks);
+    blocks.push(Block::Heading("Stages".into()));
     blocks.push(Block::Table(
         vec![
             "stage".into(),
@@ -82,7 +84,6 @@ pub fn write_report(run_dir: &Path, title: &str) -> Result<(PathBuf, PathBuf)> {
             })
             .collect(),
     ));
-    headline_blocks(&stages, run_dir, &mut blocks);
     for s in &stages {
         blocks.push(Block::Heading(format!(
             "{} ({}/)",
@@ -180,6 +181,15 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
         );
     }
+    if let (Some(p), Some(r)) = (
+        num(StageName::Evaluate, "precision"),
+        num(StageName::Evaluate, "recall"),
+    ) {
+        row(
+            "precision / recall: samples on the real manifold / real images covered",
+            format!("{p:.3} / {r:.3}"),
+        );
+    }
     if let Some(c) = num(StageName::Evaluate, "class_consistency") {
         let scale = num(StageName::Evaluate, "classifier_accuracy")
             .map(|a| format!(" (the classifier is right on {a:.3} of real images)"))
@@ -189,11 +199,6 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             format!("{c:.3}{scale}"),
         );
     }
-    if rows.is_empty() {
-        return;
-    }
-    blocks.push(Block::Heading("Headline figures".into()));
-    blocks.push(Block::Table(vec!["figure".into(), "value".into()], rows));
     let rel = |p: &Path| {
         p.strip_prefix(run_dir)
             .unwrap_or(p)
@@ -205,11 +210,16 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
         .find(|s| s.manifest.stage == StageName::TrainGan)
     {
         if let Some(grid) = files_with_ext(&gan.dir.join("samples"), "png").last() {
+            // The picture a reader looks at first: does each row hold one class?
             blocks.push(Block::Image(
                 rel(grid),
                 "last sample grid of the EMA generator: one row per class".into(),
             ));
         }
+    }
+    if !rows.is_empty() {
+        blocks.push(Block::Heading("Headline figures".into()));
+        blocks.push(Block::Table(vec!["figure".into(), "value".into()], rows));
     }
     if let Some(pl) = stages
         .iter()

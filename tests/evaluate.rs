@@ -289,14 +289,13 @@ torch.jit.save(torch.jit.script(Feat()), sys.argv[1])
 torch.jit.save(torch.jit.script(Cls()), sys.argv[2])
 "#;
 
-/// Features and logits of PNG folders, preprocessed with fid-helper-pytorch's
-/// own functions; prints FID (its formula: np.cov + scipy sqrtm), the
-/// unbiased KID over all rows, and the IS of the second folder.
-const PEER_METRICS: &str = r#"
+/// Features and logits of the PNG files in a folder (`load(folder)`), with
+/// the networks of argv[1] and argv[2], preprocessed with fid-helper-pytorch's
+/// own functions: the head of the peer scripts below.
+const PEER_LOAD: &str = r#"
 import sys, glob, numpy as np, torch, PIL.Image, scipy.linalg
 from fid_helper_pytorch._resample_func import resample_func
 feat, cls = torch.jit.load(sys.argv[1]), torch.jit.load(sys.argv[2])
-splits = int(sys.argv[5])
 def load(folder):
     xs = []
     for p in sorted(glob.glob(folder + '/*.png')):
@@ -306,6 +305,25 @@ def load(folder):
     x = (x * (0.9921875 + 1) - 1).clamp(-1, 0.9921875)
     with torch.no_grad():
         return feat(x).double().numpy(), torch.softmax(cls(x).double(), 1).numpy()
+"#;
+
+/// Improved precision and recall of the second folder against the first
+/// (after [`PEER_LOAD`]), with k = argv[5], as StyleGAN2-ADA computes them.
+const PEER_PR: &str = r#"
+k = int(sys.argv[5])
+fr, _ = load(sys.argv[3])
+fg, _ = load(sys.argv[4])
+dist = lambda a, b: np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0))
+def cover(manifold, probes):
+    radii = np.sort(dist(manifold, manifold), axis=1)[:, k]
+    return float((dist(probes, manifold) <= radii[None, :]).any(1).mean())
+print(cover(fr, fg), cover(fg, fr))
+"#;
+
+/// FID (its formula: np.cov + scipy sqrtm), the unbiased KID over all rows,
+/// and the IS of the second folder (after [`PEER_LOAD`]).
+const PEER_METRICS: &str = r#"
+splits = int(sys.argv[5])
 fr, _ = load(sys.argv[3])
 fg, pg = load(sys.argv[4])
 m1, s1, m2, s2 = fr.mean(0), np.cov(fr, rowvar=False), fg.mean(0), np.cov(fg, rowvar=False)
@@ -355,7 +373,7 @@ fn fid_kid_and_is_match_numpy_on_the_same_features() {
         src["runs"][0]["is_std"].as_f64().unwrap(),
     ];
     let peer: Vec<f64> = python(
-        PEER_METRICS,
+        &format!("{PEER_LOAD}{PEER_METRICS}"),
         &[s(&feat), s(&cls), s(&real_png), s(&fake_png), "3"],
     )
     .split_whitespace()
@@ -718,4 +736,116 @@ fn class_consistency_is_high_for_real_images_of_a_class_and_chance_for_noise() {
     assert_eq!(per_class.as_object().unwrap().len(), 1, "{per_class}");
     let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
     assert!(md.contains("class consistency"), "{md}");
+}
+
+/// Precision and recall on real Fashion-MNIST images, in the FID
+/// Inception's feature space: a set against itself is 1 / 1; one class
+/// (trousers) against the ten is precise but recalls little; an independent
+/// set of the ten classes is both.
+#[test]
+fn precision_and_recall_tell_a_single_class_from_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (train, labels) = common::fashion_raw("train", 1000);
+    let trousers: Vec<Vec<u8>> = train
+        .iter()
+        .zip(&labels)
+        .filter(|(_, &l)| l == 1)
+        .take(50)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let reference = tmp.path().join("reference");
+    write_table(&reference, &fashion_mnist("t10k-images-idx3-ubyte.gz", 150));
+    let one_class = tmp.path().join("trousers");
+    write_table(&one_class, &trousers);
+    let others = tmp.path().join("others");
+    write_table(&others, &train[500..650]);
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&reference),
+        "--samples",
+        s(&one_class),
+        "--samples",
+        s(&others),
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+    ]);
+    let pr = |i: usize| {
+        let src = &scores["sources"][i];
+        (
+            src["precision_mean"].as_f64().expect("precision"),
+            src["recall_mean"].as_f64().expect("recall"),
+        )
+    };
+    let (itself, single, independent) = (pr(0), pr(1), pr(2));
+    eprintln!("precision/recall: itself {itself:?}, trousers {single:?}, others {independent:?}");
+    assert_eq!(itself, (1.0, 1.0));
+    // Measured: trousers (0.78, 0.32), the others (0.90, 0.86).
+    assert!(
+        independent.0 > 0.8 && independent.1 > 0.8,
+        "{independent:?}"
+    );
+    assert!(
+        single.0 > 0.7,
+        "real trousers lie on the data's manifold: {single:?}"
+    );
+    assert!(
+        single.1 < independent.1 / 2.0,
+        "one class of ten covers little of the data: {single:?} vs {independent:?}"
+    );
+    let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
+    assert!(md.contains("| precision | recall |"), "{md}");
+    let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("precision_mean"),
+        "{csv}"
+    );
+}
+
+/// Our precision and recall equal a NumPy computation (StyleGAN2-ADA's
+/// definition) on the same features of real images: the tiny pooled-pixel
+/// network's, fed as the Inception is.
+#[test]
+fn precision_and_recall_match_numpy_on_the_same_features() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let (real, fake) = (tmp.path().join("real"), tmp.path().join("fake"));
+    let real_png = write_table(&real, &fashion_mnist("t10k-images-idx3-ubyte.gz", 200));
+    let fake_png = write_table(&fake, &fashion_mnist("train-images-idx3-ubyte.gz", 120));
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--samples",
+        s(&fake),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+    ]);
+    let src = &scores["sources"][0];
+    let ours = [
+        src["precision_mean"].as_f64().unwrap(),
+        src["recall_mean"].as_f64().unwrap(),
+    ];
+    let peer: Vec<f64> = python(
+        &format!("{PEER_LOAD}{PEER_PR}"),
+        &[s(&feat), s(&cls), s(&real_png), s(&fake_png), "3"],
+    )
+    .split_whitespace()
+    .map(|v| v.parse().expect("number"))
+    .collect();
+    eprintln!("precision, recall: ours {ours:?}, NumPy {peer:?}");
+    // A probe right on a ball's rim may fall either way in float32 and float64.
+    assert!(
+        (ours[0] - peer[0]).abs() <= 1.0 / 120.0 + 1e-9,
+        "{ours:?} vs {peer:?}"
+    );
+    assert!(
+        (ours[1] - peer[1]).abs() <= 1.0 / 200.0 + 1e-9,
+        "{ours:?} vs {peer:?}"
+    );
 }

@@ -31,6 +31,7 @@ use crate::metrics::fid::{
     Reservoir,
 };
 use crate::metrics::inception::{self, Inception};
+use crate::metrics::precision_recall::{precision_recall, PrecisionRecall};
 use crate::progress;
 use crate::shard::stored::{self, StoredImage};
 use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
@@ -93,6 +94,18 @@ pub struct Params {
     /// KID: feature rows kept per set (a uniform reservoir, so memory is bounded).
     #[arg(long, default_value_t = 10_000)]
     pub kid_max_features: usize,
+    /// Precision and recall (Kynkäänniemi et al. 2019): the k of the k-NN
+    /// balls that approximate each set's manifold (StyleGAN2-ADA's pr50k3: 3).
+    #[arg(long, default_value_t = 3)]
+    pub pr_k: usize,
+    /// Precision and recall: generated images used per run, at most (a
+    /// seeded uniform subset of the run's samples; pr50k3: 50,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub pr_samples: usize,
+    /// Precision and recall: reference images used, at most (a seeded
+    /// uniform subset of the reference; pr50k3: 50,000).
+    #[arg(long, default_value_t = 10_000)]
+    pub pr_reference: usize,
     /// Inception Score: number of splits.
     #[arg(long, default_value_t = 10)]
     pub is_splits: usize,
@@ -126,6 +139,9 @@ impl Default for Params {
             kid_subsets: 100,
             kid_subset_size: 1000,
             kid_max_features: 10_000,
+            pr_k: 3,
+            pr_samples: 10_000,
+            pr_reference: 10_000,
             is_splits: 10,
             batch_size: 32,
             inception: None,
@@ -207,6 +223,9 @@ impl Stage for Evaluate {
         at_least("kid-subsets", p.kid_subsets as u64, 1)?;
         at_least("kid-subset-size", p.kid_subset_size as u64, 2)?;
         at_least("kid-max-features", p.kid_max_features as u64, 2)?;
+        at_least("pr-k", p.pr_k as u64, 1)?;
+        at_least("pr-samples", p.pr_samples as u64, p.pr_k as u64 + 1)?;
+        at_least("pr-reference", p.pr_reference as u64, p.pr_k as u64 + 1)?;
         at_least("is-splits", p.is_splits as u64, 1)
     }
 
@@ -266,6 +285,11 @@ struct RunScores {
     is: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     is_std: Option<f64>,
+    /// Improved precision and recall (k-NN manifolds of the features).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recall: Option<f64>,
     samples: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     class_consistency: Option<f64>,
@@ -284,6 +308,8 @@ struct SourceScores {
     mode: Option<String>,
     label_fraction: Option<f64>,
     steps: Option<u64>,
+    /// Wall time of the GAN's training (train-gan's manifest).
+    train_seconds: Option<f64>,
     runs: Vec<RunScores>,
     fid_mean: f64,
     fid_std: f64,
@@ -291,6 +317,11 @@ struct SourceScores {
     kid_std: f64,
     is_mean: Option<f64>,
     is_std: Option<f64>,
+    /// Precision and recall: mean and spread over the runs.
+    precision_mean: Option<f64>,
+    precision_std: Option<f64>,
+    recall_mean: Option<f64>,
+    recall_std: Option<f64>,
     /// Of the images drawn (or labelled) as class c, the fraction the
     /// judge assigns to c: mean and spread over the runs.
     class_consistency: Option<f64>,
@@ -352,7 +383,7 @@ fn body(
         0 => ref_table.rows,
         n => n.min(ref_table.rows),
     };
-    let (ref_gauss, ref_kid, ref_classes) =
+    let (ref_gauss, ref_features, ref_classes) =
         table_stats_cached(&ref_table, limit, &nets, params, "reference")?;
     run.phase("reference", t0.elapsed().as_secs_f64());
     run.count("reference_images", ref_gauss.n);
@@ -376,7 +407,7 @@ fn body(
     let mut all = Vec::new();
     for (k, source) in sources.iter().enumerate() {
         let t0 = Instant::now();
-        let mut scores = score_source(source, k, &ref_gauss, &ref_kid, &nets, params, device)?;
+        let mut scores = score_source(source, k, &ref_gauss, &ref_features, &nets, params, device)?;
         let names = class_names_of_source(source, &ref_table)?;
         summarise_consistency(&mut scores, &names);
         run.phase("score", t0.elapsed().as_secs_f64());
@@ -418,6 +449,10 @@ fn body(
             run.count("is", m);
             run.count("is_std", s);
         }
+        if let (Some(p), Some(r)) = (only.precision_mean, only.recall_mean) {
+            run.count("precision", p);
+            run.count("recall", r);
+        }
         if let Some(c) = only.class_consistency {
             run.count("class_consistency", c);
         }
@@ -441,7 +476,7 @@ fn score_source(
     source: &Source,
     index: usize,
     ref_gauss: &Gaussian,
-    ref_kid: &Tensor,
+    ref_features: &Tensor,
     nets: &Nets,
     params: &Params,
     device: Device,
@@ -459,7 +494,7 @@ fn score_source(
                 let t0 = Instant::now();
                 let seed = derive_seed(params.seed, index as u64, r as u64);
                 let acc = gan_accumulate(gan, nets, params, seed, device)?;
-                runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+                runs.push(scores_of(acc, ref_gauss, ref_features, params, seed, t0)?);
             }
             ("gan", meta)
         }
@@ -482,11 +517,18 @@ fn score_source(
                     let (g, kid, _) =
                         table_stats_cached(&table, table.rows, nets, params, "samples")?;
                     runs.push(scores_from_parts(
-                        &g, &kid, None, ref_gauss, ref_kid, params, seed, t0,
+                        &g,
+                        &kid,
+                        None,
+                        ref_gauss,
+                        ref_features,
+                        params,
+                        seed,
+                        t0,
                     )?);
-                    return Ok(summarise(name, "samples", dir, (None, None, None), runs));
+                    return Ok(summarise(name, "samples", dir, GanMeta::default(), runs));
                 };
-                runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+                runs.push(scores_of(acc, ref_gauss, ref_features, params, seed, t0)?);
             } else {
                 for r in 0..params.repeats {
                     let t0 = Instant::now();
@@ -504,10 +546,10 @@ fn score_source(
                         params,
                         seed,
                     )?;
-                    runs.push(scores_of(acc, ref_gauss, ref_kid, params, seed, t0)?);
+                    runs.push(scores_of(acc, ref_gauss, ref_features, params, seed, t0)?);
                 }
             }
-            ("samples", (None, None, None))
+            ("samples", GanMeta::default())
         }
     };
     Ok(summarise(name, kind, dir, meta, runs))
@@ -517,20 +559,16 @@ fn summarise(
     name: String,
     kind: &'static str,
     dir: &Path,
-    (mode, label_fraction, steps): (Option<String>, Option<f64>, Option<u64>),
+    meta: GanMeta,
     runs: Vec<RunScores>,
 ) -> SourceScores {
     let fids: Vec<f64> = runs.iter().map(|r| r.fid).collect();
     let kids: Vec<f64> = runs.iter().map(|r| r.kid).collect();
-    let iss: Vec<f64> = runs.iter().filter_map(|r| r.is).collect();
     let (fid_mean, fid_std) = mean_std(&fids);
     let (kid_mean, mut kid_std) = mean_std(&kids);
-    let (is_mean, mut is_std) = if iss.len() == runs.len() && !iss.is_empty() {
-        let (m, s) = mean_std(&iss);
-        (Some(m), Some(s))
-    } else {
-        (None, None)
-    };
+    let (is_mean, mut is_std) = mean_std_of_every(runs.iter().map(|r| r.is));
+    let (precision_mean, precision_std) = mean_std_of_every(runs.iter().map(|r| r.precision));
+    let (recall_mean, recall_std) = mean_std_of_every(runs.iter().map(|r| r.recall));
     // One run has no spread over runs: report the spread within it (over
     // KID subsets, over IS splits), as single-run KID and IS usually are.
     if let [only] = runs.as_slice() {
@@ -541,9 +579,10 @@ fn summarise(
         name,
         kind,
         dir: dir.to_path_buf(),
-        mode,
-        label_fraction,
-        steps,
+        mode: meta.mode,
+        label_fraction: meta.label_fraction,
+        steps: meta.steps,
+        train_seconds: meta.train_seconds,
         runs,
         fid_mean,
         fid_std,
@@ -551,10 +590,25 @@ fn summarise(
         kid_std,
         is_mean,
         is_std,
+        precision_mean,
+        precision_std,
+        recall_mean,
+        recall_std,
         class_consistency: None,
         class_consistency_std: None,
         class_consistency_per_class: BTreeMap::new(),
         cluster_purity: None,
+    }
+}
+
+/// Mean and spread of a figure over runs, when every run has it.
+fn mean_std_of_every(values: impl Iterator<Item = Option<f64>>) -> (Option<f64>, Option<f64>) {
+    match values.collect::<Option<Vec<f64>>>() {
+        Some(v) if !v.is_empty() => {
+            let (m, s) = mean_std(&v);
+            (Some(m), Some(s))
+        }
+        _ => (None, None),
     }
 }
 
@@ -619,7 +673,7 @@ fn derive_seed(seed: u64, source: u64, run: u64) -> u64 {
 fn scores_of(
     acc: Accumulator,
     ref_gauss: &Gaussian,
-    ref_kid: &Tensor,
+    ref_features: &Tensor,
     params: &Params,
     seed: u64,
     t0: Instant,
@@ -634,7 +688,7 @@ fn scores_of(
         &acc.reservoir.tensor(),
         is,
         ref_gauss,
-        ref_kid,
+        ref_features,
         params,
         seed,
         t0,
@@ -650,28 +704,31 @@ fn scores_of(
 #[allow(clippy::too_many_arguments)]
 fn scores_from_parts(
     g: &Gaussian,
-    kid_feats: &Tensor,
+    features: &Tensor,
     is: Option<(f64, f64)>,
     ref_gauss: &Gaussian,
-    ref_kid: &Tensor,
+    ref_features: &Tensor,
     params: &Params,
     seed: u64,
     t0: Instant,
 ) -> Result<RunScores> {
     let fid = frechet_distance(ref_gauss, g)?;
     let (kid, kid_std) = kernel_inception_distance(
-        ref_kid,
-        kid_feats,
+        ref_features,
+        features,
         params.kid_subsets,
         params.kid_subset_size,
         seed,
     )?;
+    let pr = precision_recall_of(ref_features, features, params, seed)?;
     Ok(RunScores {
         fid,
         kid,
         kid_std,
         is: is.map(|v| v.0),
         is_std: is.map(|v| v.1),
+        precision: pr.map(|p| p.precision),
+        recall: pr.map(|p| p.recall),
         samples: g.n,
         class_consistency: None,
         cluster_purity: None,
@@ -680,14 +737,61 @@ fn scores_from_parts(
     })
 }
 
-/// Mode, label fraction and steps of a train-gan folder, from its manifest:
-/// `mode` and `steps` (counts, else params); the label fraction from a
+/// Improved precision and recall on seeded uniform subsets of at most
+/// `pr-reference` reference and `pr-samples` generated feature rows (the
+/// reservoirs hold at least that many; a reservoir keeps rows in arrival
+/// order until it is full, so its first rows would be the first classes of
+/// a class-sorted table). None when a set has no more than k rows.
+fn precision_recall_of(
+    ref_features: &Tensor,
+    features: &Tensor,
+    params: &Params,
+    seed: u64,
+) -> Result<Option<PrecisionRecall>> {
+    let k = params.pr_k as i64;
+    let (nr, nf) = (ref_features.size()[0], features.size()[0]);
+    if nr <= k || nf <= k {
+        progress::note(format!(
+            "evaluate: no precision/recall: k = {k} needs more than {k} images per set ({nr} reference, {nf} generated)"
+        ));
+        return Ok(None);
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut subset = |t: &Tensor, n: i64, at_most: usize| -> Tensor {
+        let m = (at_most as i64).min(n);
+        if m == n {
+            return t.shallow_clone();
+        }
+        let mut idx: Vec<i64> = rand::seq::index::sample(&mut rng, n as usize, m as usize)
+            .into_iter()
+            .map(|i| i as i64)
+            .collect();
+        idx.sort_unstable();
+        t.index_select(0, &Tensor::from_slice(&idx))
+    };
+    let real = subset(ref_features, nr, params.pr_reference);
+    let fake = subset(features, nf, params.pr_samples);
+    precision_recall(&real, &fake, k).map(Some)
+}
+
+/// What a train-gan folder's manifest says of the run (none of it for a table).
+#[derive(Debug, Clone, Default)]
+struct GanMeta {
+    mode: Option<String>,
+    label_fraction: Option<f64>,
+    steps: Option<u64>,
+    /// Wall time of the train-gan stage.
+    train_seconds: Option<f64>,
+}
+
+/// Mode, label fraction, steps and wall time of a train-gan folder, from
+/// its manifest: `mode` and `steps` (counts, else params); the label fraction from a
 /// `label_fraction` count when train-gan records one, else, for the modes
 /// trained on the labelled subset (s2gan-co, s3gan), `labelled_rows / rows`
 /// of its training shards, and 1 for biggan (all true labels). Pseudo-label
 /// modes without a recorded fraction show none: their shards are fully
 /// (pseudo-)labelled, which says nothing of the true labels used.
-fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
+fn gan_meta(dir: &Path) -> Result<GanMeta> {
     let m = Manifest::read_complete(dir, StageName::TrainGan)?;
     let find = |keys: &[&str]| -> Option<serde_json::Value> {
         keys.iter()
@@ -705,7 +809,12 @@ fn gan_meta(dir: &Path) -> Result<(Option<String>, Option<f64>, Option<u64>)> {
         }
         _ => None,
     });
-    Ok((mode, fraction, steps))
+    Ok(GanMeta {
+        mode,
+        label_fraction: fraction,
+        steps,
+        train_seconds: Some(m.timings.seconds).filter(|s| *s > 0.0),
+    })
 }
 
 /// Scores `num_samples` images from the EMA generator of a train-gan folder
@@ -722,6 +831,10 @@ fn gan_accumulate(
     let mut acc = new_accumulator(total, nets, params, seed)?;
     let generator =
         crate::gan::sample::load_generator_with(gan, seed, device, params.standing_samples)?;
+    if generator.g.cfg.n_classes < 2 {
+        // Every sample is "class 0": there is no class to be consistent with.
+        acc.confusion = None;
+    }
     let bar = progress::bar(total as u64, "samples");
     bar.set_prefix("evaluate");
     let mut done = 0usize;
@@ -754,10 +867,19 @@ fn gan_accumulate(
     Ok(acc)
 }
 
+/// Feature rows kept per set (a uniform reservoir): enough for KID and for
+/// precision/recall.
+fn feature_rows(params: &Params) -> usize {
+    params
+        .kid_max_features
+        .max(params.pr_samples)
+        .max(params.pr_reference)
+}
+
 fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Result<Accumulator> {
     Ok(Accumulator {
         stats: FeatureStats::new(),
-        reservoir: Reservoir::new(params.kid_max_features, seed),
+        reservoir: Reservoir::new(feature_rows(params), seed),
         is: match nets.classifier {
             Some(_) => Some(InceptionScore::new(total, params.is_splits)?),
             None => None,
@@ -864,7 +986,7 @@ fn table_stats_cached(
     h.update(&(table.rows as u64).to_le_bytes());
     h.update(&(limit as u64).to_le_bytes());
     h.update(nets.inception_checksum.as_bytes());
-    h.update(&(params.kid_max_features as u64).to_le_bytes());
+    h.update(&(feature_rows(params) as u64).to_le_bytes());
     h.update(&(params.batch_size as u64).to_le_bytes());
     let key = h.finalize().to_hex().to_string();
     let path = stats_cache_dir().join(format!("{}.safetensors", &key[..32]));
@@ -1166,17 +1288,18 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 fn csv_table(all: &[SourceScores]) -> String {
     let mut s = String::from(
-        "name,kind,mode,label_fraction,steps,runs,samples_per_run,fid_mean,fid_std,kid_mean,kid_std,is_mean,is_std,class_consistency,class_consistency_std,cluster_purity\n",
+        "name,kind,mode,label_fraction,steps,train_seconds,runs,samples_per_run,fid_mean,fid_std,kid_mean,kid_std,is_mean,is_std,precision_mean,precision_std,recall_mean,recall_std,class_consistency,class_consistency_std,cluster_purity\n",
     );
     for r in all {
         let name = r.name.replace('"', "\"\"");
         let _ = writeln!(
             s,
-            "\"{name}\",{},{},{},{},{},{},{:.4},{:.4},{:.6},{:.6},{},{},{},{},{}",
+            "\"{name}\",{},{},{},{},{},{},{},{:.4},{:.4},{:.6},{:.6},{},{},{},{},{},{},{},{},{}",
             r.kind,
             r.mode.clone().unwrap_or_default(),
             fmt_opt(r.label_fraction, 4),
             r.steps.map(|v| v.to_string()).unwrap_or_default(),
+            fmt_opt(r.train_seconds, 1),
             r.runs.len(),
             r.runs.first().map(|x| x.samples).unwrap_or(0),
             r.fid_mean,
@@ -1185,6 +1308,10 @@ fn csv_table(all: &[SourceScores]) -> String {
             r.kid_std,
             fmt_opt(r.is_mean, 4),
             fmt_opt(r.is_std, 4),
+            fmt_opt(r.precision_mean, 4),
+            fmt_opt(r.precision_std, 4),
+            fmt_opt(r.recall_mean, 4),
+            fmt_opt(r.recall_std, 4),
             fmt_opt(r.class_consistency, 4),
             fmt_opt(r.class_consistency_std, 4),
             fmt_opt(r.cluster_purity, 4),
@@ -1195,7 +1322,7 @@ fn csv_table(all: &[SourceScores]) -> String {
 
 fn markdown_table(all: &[SourceScores]) -> String {
     let mut s = String::from(
-        "| run | mode | label fraction | FID | KID x 1000 | IS | class consistency | steps |\n| --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| run | mode | label fraction | FID | KID x 1000 | IS | precision | recall | class consistency | steps | train time |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let pm = |m: f64, sd: f64, runs: usize, d: usize| {
         if runs > 1 {
@@ -1211,12 +1338,28 @@ fn markdown_table(all: &[SourceScores]) -> String {
             _ => "-".to_string(),
         };
         let consistency = match (r.class_consistency, r.class_consistency_std) {
+            // A clustering GAN's classes are clusters: the matched figure says more.
+            (Some(m), Some(sd))
+                if r.mode
+                    .as_deref()
+                    .is_some_and(|m| m.starts_with("clustering")) =>
+            {
+                format!(
+                    "{} (clusters matched: {:.3})",
+                    pm(m, sd, n, 3),
+                    r.cluster_purity.unwrap_or(f64::NAN)
+                )
+            }
+            (Some(m), Some(sd)) => pm(m, sd, n, 3),
+            _ => "-".to_string(),
+        };
+        let opt = |m: Option<f64>, sd: Option<f64>| match (m, sd) {
             (Some(m), Some(sd)) => pm(m, sd, n, 3),
             _ => "-".to_string(),
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name.replace('|', "\\|"),
             r.mode.clone().unwrap_or_else(|| r.kind.to_string()),
             r.label_fraction
@@ -1225,9 +1368,14 @@ fn markdown_table(all: &[SourceScores]) -> String {
             pm(r.fid_mean, r.fid_std, n, 2),
             pm(r.kid_mean * 1000.0, r.kid_std * 1000.0, 2, 2),
             is,
+            opt(r.precision_mean, r.precision_std),
+            opt(r.recall_mean, r.recall_std),
             consistency,
             r.steps
                 .map(|v| v.to_string())
+                .unwrap_or_else(|| "-".to_string()),
+            r.train_seconds
+                .map(|t| format!("{:.1} min", t / 60.0))
                 .unwrap_or_else(|| "-".to_string()),
         );
     }
@@ -1235,9 +1383,12 @@ fn markdown_table(all: &[SourceScores]) -> String {
         s,
         "\nFID and KID against the reference images (lower is better); IS higher is better; \
          mean ± standard deviation over evaluation runs (a single run shows no FID spread, \
-         and the spread over KID subsets and IS splits). Class consistency: of the samples \
+         and the spread over KID subsets and IS splits). Precision and recall: the fraction of \
+         samples inside the real images' k-NN manifold and of real images inside the samples' \
+         (Kynkäänniemi et al. 2019; higher is better). Class consistency: of the samples \
          drawn for class c, the fraction the classifier (scores.json `class_model`) assigns \
-         to c; its accuracy on real images is `classifier_accuracy`."
+         to c; its accuracy on real images is `classifier_accuracy`. Train time: the \
+         train-gan stage's wall time."
     );
     s
 }
