@@ -39,16 +39,20 @@ pub enum Table {
     Features,
     PseudoLabels,
     Train,
+    Duplicates,
+    ShardRejects,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Images,
         Table::Rejects,
         Table::Labels,
         Table::Features,
         Table::PseudoLabels,
         Table::Train,
+        Table::Duplicates,
+        Table::ShardRejects,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +63,9 @@ impl Table {
             Table::Features => "features",
             Table::PseudoLabels => "pseudo_labels",
             Table::Train => "train",
+            Table::Duplicates => "duplicates",
+            // Written as `train/rejects-*.arrow`, beside the training shards.
+            Table::ShardRejects => "shard_rejects",
         }
     }
 }
@@ -223,6 +230,41 @@ pub fn train(class_names: &[String]) -> SchemaRef {
     )
 }
 
+/// `duplicates/`: one row per duplicate pair. Row `id` of the images table
+/// duplicates row `other_id` of `other_table`: `images` (an earlier row of
+/// the same table) or `reference`; `distance` is the Hamming distance of
+/// their pHashes, `kind` is `exact` (the same pixels) or `near`.
+pub fn duplicates() -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("other_table", DataType::Utf8, false),
+            Field::new("other_id", DataType::UInt64, false),
+            Field::new("distance", DataType::UInt8, false),
+            Field::new("kind", DataType::Utf8, false),
+        ],
+        json!({
+            "id": value("uint64"), "other_table": value("string"), "other_id": value("uint64"),
+            "distance": value("uint8"), "kind": value("string"),
+        }),
+        None,
+    )
+}
+
+/// `train/rejects-*.arrow`: the images rows `shard` left out of the
+/// training shards (duplicates it was asked to drop), and why.
+pub fn shard_rejects() -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("path", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+        ],
+        json!({"id": value("uint64"), "path": value("string"), "reason": value("string")}),
+        None,
+    )
+}
+
 /// The schema of `table` with placeholder class names and dimensions, as
 /// checked into `schemas/`.
 pub fn reference(table: Table) -> SchemaRef {
@@ -234,6 +276,8 @@ pub fn reference(table: Table) -> SchemaRef {
         Table::Features => features(8, 2),
         Table::PseudoLabels => pseudo_labels(&names),
         Table::Train => train(&names),
+        Table::Duplicates => duplicates(),
+        Table::ShardRejects => shard_rejects(),
     }
 }
 
