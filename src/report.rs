@@ -506,18 +506,16 @@ fn pictures(
     ids: impl Iterator<Item = u64>,
     reference: bool,
 ) -> BTreeMap<(bool, u64), (String, RgbImage)> {
-    use crate::shard::stored::{self, StoredImage};
+    use crate::stages::tables;
     let want: std::collections::BTreeSet<u64> = ids.collect();
     let mut out = BTreeMap::new();
     let Ok(m) = Manifest::read_complete(dir, StageName::Prepare) else {
         return out;
     };
-    let files = crate::shard::table_files(dir, &m, "images");
-    let format = files
-        .first()
-        .and_then(|f| crate::shard::shard_schema(f).ok())
-        .and_then(|s| StoredImage::from_schema(&s));
-    for batch in TableReader::new(files, Some(&["id", "path", "image"])).flatten() {
+    let format = tables::stored_image(dir, &m, "images").ok().flatten();
+    for batch in
+        TableReader::from_manifest(dir, &m, "images", Some(&["id", "path", "image"])).flatten()
+    {
         let (Some(id), Some(path)) = (
             batch
                 .column(0)
@@ -533,7 +531,7 @@ fn pictures(
             }
             let img = crate::shard::image_bytes(batch.column(2).as_ref(), i)
                 .ok()
-                .and_then(|b| stored::decode(b, format.as_ref()).ok());
+                .and_then(|b| crate::shard::stored::decode(b, format.as_ref()).ok());
             if let Some(img) = img {
                 out.insert((reference, id.value(i)), (path.value(i).to_string(), img));
             }

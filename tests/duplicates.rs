@@ -14,38 +14,18 @@ use fewlabels::fsutil::checksum_file;
 use fewlabels::manifest::Manifest;
 use fewlabels::shard::{image_bytes, shard_schema, TableReader};
 use fewlabels::stage::StageName;
-use image::codecs::jpeg::JpegEncoder;
-use image::{ImageEncoder, RgbImage};
+use image::RgbImage;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
 fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(common::photos())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("imagenet_") && n.ends_with(".jpg")
-        })
-        .collect();
-    v.sort();
-    assert_eq!(v.len(), 20, "the 20 foolbox photos");
-    v
+    common::imagenet_photos()
 }
 
 fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    common::jpeg_bytes(img, quality)
 }
 
 fn photo(i: usize) -> RgbImage {
@@ -71,8 +51,8 @@ fn dataset(root: &Path) -> (PathBuf, PathBuf) {
     fs::create_dir_all(&train).unwrap();
     fs::create_dir_all(&reference).unwrap();
     let p = photos();
-    for i in 0..10 {
-        fs::copy(&p[i], train.join(format!("p{i:02}.jpg"))).unwrap();
+    for (i, f) in p.iter().enumerate().take(10) {
+        fs::copy(f, train.join(format!("p{i:02}.jpg"))).unwrap();
     }
     fs::copy(&p[0], train.join("p00_copy.jpg")).unwrap();
     fs::write(train.join("p01_q60.jpg"), jpeg(&photo(1), 60)).unwrap();
@@ -84,8 +64,8 @@ fn dataset(root: &Path) -> (PathBuf, PathBuf) {
     fs::write(reference.join("r05_q50.jpg"), jpeg(&photo(5), 50)).unwrap();
     fs::copy(&p[6], reference.join("r06.jpg")).unwrap();
     fs::write(reference.join("r07_small.jpg"), jpeg(&shrunk(7, 256), 90)).unwrap();
-    for i in 10..14 {
-        fs::copy(&p[i], reference.join(format!("r{i:02}.jpg"))).unwrap();
+    for (i, f) in p.iter().enumerate().take(14).skip(10) {
+        fs::copy(f, reference.join(format!("r{i:02}.jpg"))).unwrap();
     }
     (train, reference)
 }
@@ -147,8 +127,11 @@ fn pairs(dir: &Path) -> Vec<PairRow> {
     out
 }
 
+/// A pair without its distance: (id, other table, other id, kind).
+type Found<'a> = (u64, &'a str, u64, &'a str);
+
 /// The pairs without their distances, and the distances.
-fn shape(p: &[PairRow]) -> (Vec<(u64, &str, u64, &str)>, Vec<u8>) {
+fn shape(p: &[PairRow]) -> (Vec<Found<'_>>, Vec<u8>) {
     (
         p.iter()
             .map(|r| (r.0, r.1.as_str(), r.2, r.4.as_str()))
@@ -245,7 +228,7 @@ fn the_table_is_the_same_whatever_the_thread_count() {
     for threads in ["1", "2", "3"] {
         let out = tmp.path().join(format!("t{threads}"));
         duplicates(&images, Some(&reference), &out, &["--threads", threads]);
-        sums.push(checksum_file(&out.join("duplicates-00000.arrow")).unwrap());
+        sums.push(checksum_file(out.join("duplicates-00000.arrow")).unwrap());
     }
     assert_eq!(sums[0], sums[1]);
     assert_eq!(sums[0], sums[2]);
@@ -326,8 +309,8 @@ fn shard_drops_the_duplicates_asked_for_with_reasons_and_the_counts_add_up() {
         if policy == "none" {
             // Nothing dropped: the very shards of a shard without --duplicates.
             assert_eq!(
-                checksum_file(&out.join("train-00000.arrow")).unwrap(),
-                checksum_file(&plain.join("train-00000.arrow")).unwrap()
+                checksum_file(out.join("train-00000.arrow")).unwrap(),
+                checksum_file(plain.join("train-00000.arrow")).unwrap()
             );
             assert!(!out.join("rejects-00000.arrow").exists());
         }
@@ -341,16 +324,6 @@ fn shard_drops_the_duplicates_asked_for_with_reasons_and_the_counts_add_up() {
     let path = b.column_by_name("path").unwrap();
     let path = path.as_any().downcast_ref::<StringArray>().unwrap();
     assert!(path.value(0).ends_with("p00_copy.jpg"), "{}", path.value(0));
-}
-
-/// A one-line error with exit status `code` whose line holds every word.
-fn one_line_error(o: &std::process::Output, code: i32, words: &[&str]) {
-    assert_eq!(o.status.code(), Some(code), "{}", common::text(o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    for w in words {
-        assert!(err.contains(w), "`{w}` not in: {err}");
-    }
 }
 
 #[test]
@@ -370,14 +343,14 @@ fn bad_inputs_are_one_line_errors_naming_the_folder_or_flag() {
         ])
     };
     // Not a duplicates stage: a prepare folder, then an empty folder.
-    one_line_error(
+    common::one_line_error(
         &shard(&reference),
         1,
         &[s(&reference), "not of `duplicates`"],
     );
     let empty = tmp.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
-    one_line_error(
+    common::one_line_error(
         &shard(&empty),
         1,
         &[s(&empty), "run `fewlabels duplicates` first"],
@@ -385,7 +358,7 @@ fn bad_inputs_are_one_line_errors_naming_the_folder_or_flag() {
     // The duplicates of other images (the reference's own): refused by name.
     let other = tmp.path().join("other");
     duplicates(&reference, None, &other, &[]);
-    one_line_error(
+    common::one_line_error(
         &shard(&other),
         1,
         &[s(&other), "other images than", s(&images)],
@@ -396,23 +369,23 @@ fn bad_inputs_are_one_line_errors_naming_the_folder_or_flag() {
         a.extend_from_slice(extra);
         common::run(&a)
     };
-    one_line_error(
+    common::one_line_error(
         &dup(&["--max-distance", "20"]),
         2,
         &["--max-distance 20", "between 0 and 16"],
     );
-    one_line_error(
+    common::one_line_error(
         &dup(&["--reference", s(&images)]),
         2,
         &["--reference", "is the --images folder"],
     );
     let notes = root.join("data");
-    one_line_error(
+    common::one_line_error(
         &dup(&["--reference", s(&notes)]),
         1,
         &[s(&notes), "run `fewlabels prepare` first"],
     );
-    one_line_error(
+    common::one_line_error(
         &common::run(&[
             "shard",
             "--images",

@@ -11,8 +11,7 @@ use arrow::array::{Array, Int32Array};
 use fewlabels::manifest::Manifest;
 use fewlabels::shard::{image_bytes, TableReader};
 use fewlabels::stage::StageName;
-use image::codecs::jpeg::JpegEncoder;
-use image::{ImageEncoder, RgbImage};
+use image::RgbImage;
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -22,37 +21,12 @@ fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", common::text(o));
 }
 
-/// The 20 foolbox ImageNet photos (512x512 progressive JPEGs), sorted.
 fn photos() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = fs::read_dir(common::photos())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("imagenet_") && n.ends_with(".jpg")
-        })
-        .collect();
-    v.sort();
-    assert_eq!(
-        v.len(),
-        20,
-        "the 20 foolbox photos in {:?}",
-        common::photos()
-    );
-    v
+    common::imagenet_photos()
 }
 
 fn jpeg(img: &RgbImage, quality: u8) -> Vec<u8> {
-    let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .write_image(
-            img.as_raw(),
-            img.width(),
-            img.height(),
-            image::ExtendedColorType::Rgb8,
-        )
-        .unwrap();
-    out
+    common::jpeg_bytes(img, quality)
 }
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -86,6 +60,14 @@ fn with_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
 fn resized(path: &Path, w: u32, h: u32) -> RgbImage {
     let img = image::open(path).unwrap().into_rgb8();
     image::imageops::resize(&img, w, h, image::imageops::FilterType::Triangle)
+}
+
+/// `dir/in/p.jpg`: photo `i` resized to `w`x`h`, JPEG quality 90; returns the folder.
+fn one_photo(dir: &Path, i: usize, (w, h): (u32, u32)) -> PathBuf {
+    let input = dir.join("in");
+    fs::create_dir_all(&input).unwrap();
+    fs::write(input.join("p.jpg"), jpeg(&resized(&photos()[i], w, h), 90)).unwrap();
+    input
 }
 
 /// A folder of real photos in every shape the resize policies treat
@@ -264,10 +246,8 @@ fn pil_resize(file: &Path, w: u32, h: u32, out: &Path) -> RgbImage {
 #[test]
 fn pad_and_squash_keep_the_whole_photo() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    fs::create_dir_all(&input).unwrap();
-    let wide = input.join("wide.jpg");
-    fs::write(&wide, jpeg(&resized(&photos()[5], 700, 300), 92)).unwrap();
+    let input = one_photo(tmp.path(), 5, (700, 300));
+    let wide = input.join("p.jpg");
 
     // pad: 700x300 in 64 is a 64x27 picture (27.4) on rows 18..45. Decoded
     // at full size (`--jpeg-scaling off`), the picture is PIL's resize of
@@ -431,14 +411,8 @@ fn policy_and_filter_are_recorded_in_the_manifest_and_the_schema() {
     use fewlabels::codec::{Color, Filter, Geometry, Resize};
     use fewlabels::shard::{schema, shard_schema};
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    fs::create_dir_all(&input).unwrap();
+    let input = one_photo(tmp.path(), 1, (300, 200));
     fs::copy(&photos()[0], input.join("a.jpg")).unwrap();
-    fs::write(
-        input.join("b.jpg"),
-        jpeg(&resized(&photos()[1], 300, 200), 90),
-    )
-    .unwrap();
     let cases: [(&[&str], Geometry); 2] = [
         (&[], Geometry::default()),
         (
@@ -481,13 +455,7 @@ fn policy_and_filter_are_recorded_in_the_manifest_and_the_schema() {
 #[test]
 fn every_filter_runs_and_each_gives_its_own_pixels() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    fs::create_dir_all(&input).unwrap();
-    fs::write(
-        input.join("w.jpg"),
-        jpeg(&resized(&photos()[3], 500, 320), 90),
-    )
-    .unwrap();
+    let input = one_photo(tmp.path(), 3, (500, 320));
     let mut seen: Vec<(&str, Vec<u8>)> = Vec::new();
     for f in [
         "box",
@@ -535,12 +503,7 @@ fn square_images_come_out_the_same_whatever_the_policy() {
 
 /// A one-line usage error (exit 2) whose line contains every one of `words`.
 fn usage_error(o: &std::process::Output, words: &[&str]) {
-    assert_eq!(o.status.code(), Some(2), "{}", common::text(o));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
-    for w in words {
-        assert!(err.contains(w), "`{w}` not in: {err}");
-    }
+    common::one_line_error(o, 2, words)
 }
 
 #[test]
@@ -592,13 +555,7 @@ fn bad_values_are_one_line_usage_errors_naming_the_flag_or_key() {
 #[test]
 fn a_pipeline_takes_the_resize_keys() {
     let tmp = tempfile::tempdir().unwrap();
-    let input = tmp.path().join("in");
-    fs::create_dir_all(&input).unwrap();
-    fs::write(
-        input.join("w.jpg"),
-        jpeg(&resized(&photos()[2], 400, 240), 90),
-    )
-    .unwrap();
+    let input = one_photo(tmp.path(), 2, (400, 240));
     let pipe = tmp.path().join("p.toml");
     fs::write(
         &pipe,

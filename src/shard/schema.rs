@@ -294,7 +294,7 @@ pub fn describe(schema: &Schema) -> Value {
     let metadata: serde_json::Map<String, Value> = DESCRIBED_KEYS
         .iter()
         .filter_map(|k| {
-            let v = schema.metadata().get(*k)?;
+            let v = schema.metadata().get(k)?;
             Some((k.to_string(), serde_json::from_str(v).unwrap_or(json!(v))))
         })
         .collect();

@@ -30,8 +30,8 @@ use crate::dedup::{self, Entry, Pair, Side};
 use crate::error::{Error, Result, ResultExt};
 use crate::manifest::Manifest;
 use crate::progress;
-use crate::shard::stored::{self, StoredImage};
-use crate::shard::{image_bytes, schema, shard_schema, table_files, TableReader, TableWriter};
+use crate::shard::stored;
+use crate::shard::{image_bytes, schema, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
@@ -127,25 +127,15 @@ impl Stage for Duplicates {
 /// parallel, and collected in order.
 pub fn hash_table(dir: &Path, what: &str) -> Result<(Manifest, Vec<Entry>)> {
     let m = Manifest::read_complete(dir, StageName::Prepare)?;
-    let total: u64 = m
-        .outputs
-        .iter()
-        .filter(|o| o.path.starts_with("images-"))
-        .filter_map(|o| o.rows)
-        .sum();
-    let format = match table_files(dir, &m, "images").first() {
-        Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
-        None => None,
-    };
+    let total = tables::table_rows(&m, "images");
+    let format = tables::stored_image(dir, &m, "images")?;
     let bar = progress::bar(total, what);
     bar.set_prefix(StageName::Duplicates.as_str());
     let mut entries = Vec::with_capacity(total as usize);
     for batch in TableReader::from_manifest(dir, &m, "images", Some(&["id", "image"])) {
         let batch = batch?;
         let ids = tables::u64_column(&batch, "id", dir)?;
-        let col = batch
-            .column_by_name("image")
-            .ok_or_else(|| Error::file(dir, "has no `image` column"))?;
+        let col = tables::image_column(&batch, dir)?;
         let hashed: Vec<Entry> = (0..batch.num_rows())
             .into_par_iter()
             .map(|i| {
