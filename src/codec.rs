@@ -91,7 +91,8 @@ pub enum PngCompression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JpegScaling {
-    /// Scale when the shorter side stays >= the target size.
+    /// Scale while the decoded image still covers what the [`Resize`] policy keeps at
+    /// the target size (the shorter side for crop and squash, the longer for pad).
     #[default]
     Auto,
     /// Always decode at full size.

@@ -41,7 +41,7 @@ value_enum!(PngCompression {
 });
 
 value_enum!(JpegScaling {
-    Auto => "auto": "Scale in the DCT domain when the shorter side stays >= the target size",
+    Auto => "auto": "Scale in the DCT domain while the decode still covers the target size (no upscaling)",
     Off => "off": "Always decode at full size",
 });
 
