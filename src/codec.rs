@@ -11,33 +11,48 @@
 //!    anything is allocated for its pixels.
 //! 3. Decode. JPEG goes through libjpeg-turbo (the `turbojpeg` crate, its
 //!    SIMD built in) with DCT-domain scaling: the IDCT produces the image at
-//!    1/8, 1/4 or 1/2 of its size directly, the smallest whose shorter side
-//!    is still >= `size`, so the anti-aliased resize below still only
-//!    downscales (as PIL's draft mode does). Only the part of the image
-//!    around the centred square is decoded (libjpeg-turbo's partial decode;
-//!    the output is the same). What libjpeg-turbo refuses or only decodes
-//!    with a warning (CMYK/YCCK, lossless, 12-bit, truncated or corrupt
-//!    data) goes to `jpeg-decoder` instead, which decides and words the
-//!    reject as before. Other formats go through `image` with allocation
-//!    limits.
+//!    1/8, 1/4 or 1/2 of its size directly, the smallest that still covers
+//!    what the resize policy needs on both axes, so the anti-aliased resize
+//!    below still only downscales (as PIL's draft mode does): for `crop` and
+//!    `squash` the shorter side must stay >= `size`; for `pad` only the
+//!    longer side must (the shorter one shrinks by the same factor inside the
+//!    square). For `crop`, only the part of the image around the centred
+//!    square is decoded (libjpeg-turbo's partial decode; the output is the
+//!    same); `pad` and `squash` keep every pixel, so they decode the whole
+//!    image. What libjpeg-turbo refuses or only decodes with a warning
+//!    (CMYK/YCCK, lossless, 12-bit, truncated or corrupt data) goes to
+//!    `jpeg-decoder` instead, which decides and words the reject as before.
+//!    Other formats go through `image` with allocation limits.
 //! 4. Convert to 8-bit RGB: grayscale is expanded, 16-bit is scaled, CMYK
 //!    (and YCCK) is converted with `rgb = (255 - c) * (255 - k) / 255`,
 //!    palettes are expanded, alpha is composited on white. An animated GIF
 //!    (or APNG) gives its first frame, as PIL does.
-//! 5. Centre-crop a square of the shorter side and resize it to `size` with
-//!    `fast_image_resize` (SIMD convolution, bilinear with a support scaled to
-//!    the reduction: anti-aliased like PIL's `Resize`; small images are
-//!    upscaled, e.g. 28 to 32).
+//! 5. Make the square with `fast_image_resize` (SIMD convolution with
+//!    [`Filter`], its support scaled to the reduction: anti-aliased like
+//!    PIL's `resize`; small images are upscaled, e.g. 28 to 32), by one of
+//!    three [`Resize`] policies (the choices of img2dataset and StyleGAN2-ADA's
+//!    dataset_tool): `crop` (the default) keeps the centred square of the
+//!    shorter side; `pad` fits the whole image inside the square, centred,
+//!    the border filled with a colour; `squash` resizes the whole image to
+//!    the square, not keeping its aspect ratio.
 //!
 //! EXIF orientation: applied. A photo shot upright but stored sideways with
 //! an orientation tag is shown upright by browsers, viewers, OpenCV's
 //! `imdecode` (img2dataset) and `ImageOps.exif_transpose`; a GAN trained on
 //! sideways faces learns sideways faces. The `width`/`height` a caller
-//! records are therefore those of the image as displayed. Because the crop
-//! is the centred square, rotating or flipping commutes with it, so the
-//! transform is applied to the small output square (a few microseconds)
-//! rather than to the decoded image. JPEG (APP1 Exif), PNG (eXIf), TIFF and
-//! WebP tags are honoured; an unreadable tag counts as "no transform".
+//! records are therefore those of the image as displayed. A rotation or
+//! flip commutes with resizing the whole image (each axis is resampled on
+//! its own with a symmetric kernel; a rotation swaps the axes' targets
+//! along with the axes) and with taking the centred square, so for `crop`
+//! and `squash` the transform is applied to the small output square (a few
+//! microseconds) rather than to the decoded image. It does not commute with
+//! padding: the target size of the picture inside the square depends on
+//! which side is displayed as the longer, and an odd border puts its extra
+//! pixel on the right and bottom of the *displayed* square. So `pad` sizes
+//! the picture from the stored axes (the fit is symmetric in them),
+//! resizes, orients the small picture, and only then pads it, in display
+//! coordinates. JPEG (APP1 Exif), PNG (eXIf), TIFF and WebP tags are
+//! honoured; an unreadable tag counts as "no transform".
 use std::io::Cursor;
 
 use fast_image_resize as fr;
@@ -76,11 +91,153 @@ pub enum PngCompression {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JpegScaling {
-    /// Scale when the shorter side stays >= the target size.
+    /// Scale while the decoded image still covers what the [`Resize`] policy keeps at
+    /// the target size (the shorter side for crop and squash, the longer for pad).
     #[default]
     Auto,
     /// Always decode at full size.
     Off,
+}
+
+/// How an image of any shape becomes the `size`x`size` square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// The centred square of the shorter side, resized (what `prepare` did
+    /// before the policies existed; img2dataset's `center_crop`, dataset_tool's
+    /// `center-crop`).
+    #[default]
+    Crop,
+    /// The whole image fitted inside the square, centred, the border filled
+    /// with the pad colour (img2dataset's `border`; dataset_tool's
+    /// `center-crop-wide` pads the same way after cropping to 2:1).
+    Pad,
+    /// The whole image resized to the square, its aspect ratio not kept.
+    Squash,
+}
+
+/// The resampling filter: `fast_image_resize`'s convolution filters, each
+/// with its support scaled to the reduction (anti-aliased, as PIL's
+/// `resize` is). Which one is used moves FID by a point or more, so it is a
+/// parameter and is recorded with the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filter {
+    /// Equal weights over the source pixels a target pixel covers (support 0.5).
+    Box,
+    /// Linear interpolation, the triangle filter (support 1): PIL's
+    /// `BILINEAR`; what `prepare` has always used.
+    #[default]
+    Bilinear,
+    /// Hamming-windowed (support 1): bicubic-like sharpness when downscaling.
+    Hamming,
+    /// Catmull-Rom cubic (support 2): PIL's `BICUBIC`.
+    CatmullRom,
+    /// Mitchell-Netravali cubic (support 2): softer than Catmull-Rom.
+    Mitchell,
+    /// Gaussian, standard deviation 0.5 (support 3).
+    Gaussian,
+    /// Lanczos, 3 lobes (support 3): PIL's `LANCZOS`.
+    Lanczos3,
+}
+
+impl Filter {
+    fn fr(self) -> fr::FilterType {
+        match self {
+            Filter::Box => fr::FilterType::Box,
+            Filter::Bilinear => fr::FilterType::Bilinear,
+            Filter::Hamming => fr::FilterType::Hamming,
+            Filter::CatmullRom => fr::FilterType::CatmullRom,
+            Filter::Mitchell => fr::FilterType::Mitchell,
+            Filter::Gaussian => fr::FilterType::Gaussian,
+            Filter::Lanczos3 => fr::FilterType::Lanczos3,
+        }
+    }
+
+    /// The kernel's radius in source pixels at scale 1 (fast_image_resize's values).
+    fn support(self) -> f64 {
+        match self {
+            Filter::Box => 0.5,
+            Filter::Bilinear | Filter::Hamming => 1.0,
+            Filter::CatmullRom | Filter::Mitchell => 2.0,
+            Filter::Gaussian | Filter::Lanczos3 => 3.0,
+        }
+    }
+}
+
+/// An 8-bit RGB colour (the border of `pad`). Written `#rrggbb`; read from
+/// `#rrggbb`, `rrggbb`, `R,G,B` (0-255 each) or `black`, `white`, `gray`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Color(pub [u8; 3]);
+
+impl Color {
+    pub const BLACK: Color = Color([0, 0, 0]);
+}
+
+impl std::str::FromStr for Color {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Color, String> {
+        let bad = || {
+            format!("`{s}` is not a colour: give #rrggbb, R,G,B (each 0-255) or black, white, gray")
+        };
+        let t = s.trim();
+        match t.to_ascii_lowercase().as_str() {
+            "black" => return Ok(Color([0, 0, 0])),
+            "white" => return Ok(Color([255, 255, 255])),
+            "gray" | "grey" => return Ok(Color([128, 128, 128])),
+            _ => {}
+        }
+        if t.contains(',') {
+            let parts: Vec<&str> = t.split(',').map(str::trim).collect();
+            let mut c = [0u8; 3];
+            if parts.len() != 3 {
+                return Err(bad());
+            }
+            for (v, p) in c.iter_mut().zip(parts) {
+                *v = p.parse().map_err(|_| bad())?;
+            }
+            return Ok(Color(c));
+        }
+        let hex = t.strip_prefix('#').unwrap_or(t);
+        if hex.len() != 6 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let byte = |i: usize| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| bad());
+        Ok(Color([byte(0)?, byte(2)?, byte(4)?]))
+    }
+}
+
+impl std::fmt::Display for Color {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let [r, g, b] = self.0;
+        write!(f, "#{r:02x}{g:02x}{b:02x}")
+    }
+}
+
+impl Serialize for Color {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Color {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Color, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How the square was made, as `prepare` records it in the images table's
+/// schema metadata (`shard::schema::RESIZE_KEY`) beside its manifest's
+/// parameters, so that a table read without its manifest still says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Geometry {
+    pub resize: Resize,
+    pub filter: Filter,
+    /// The border colour of `pad` (recorded whatever the policy).
+    pub pad_color: Color,
 }
 
 /// What the codec needs to know; built once per run.
@@ -92,6 +249,8 @@ pub struct Options {
     pub max_pixels: u64,
     pub jpeg_scaling: JpegScaling,
     pub png_compression: PngCompression,
+    /// How the square is made, with which filter and border.
+    pub geometry: Geometry,
 }
 
 /// One prepared image.
@@ -104,7 +263,8 @@ pub struct Prepared {
     pub bytes: Vec<u8>,
 }
 
-/// An 8-bit RGB pixel buffer and the square of it that becomes the output.
+/// An 8-bit RGB pixel buffer, and for `Resize::Crop` the square of it that
+/// becomes the output (`pad` and `squash` use every pixel).
 struct Rgb {
     width: u32,
     height: u32,
@@ -144,7 +304,7 @@ impl Rgb {
     }
 }
 
-/// Decodes, crops, resizes and encodes one image file's bytes.
+/// Decodes, crops or pads, resizes and encodes one image file's bytes.
 pub fn prepare(bytes: &[u8], opts: &Options) -> Result<Prepared, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".to_string());
@@ -155,10 +315,9 @@ pub fn prepare(bytes: &[u8], opts: &Options) -> Result<Prepared, String> {
         ImageFormat::Jpeg => decode_jpeg(bytes, opts)?,
         other => decode_other(bytes, other, opts)?,
     };
-    let (width, height) = displayed(width, height, orientation);
-    let square = crop_resize(&rgb, opts.size)?;
+    let square = to_square(&rgb, (width, height), orientation, opts)?;
     give_back_scratch(rgb.pixels);
-    let square = orient(square, opts.size, orientation);
+    let (width, height) = displayed(width, height, orientation);
     Ok(Prepared {
         width,
         height,
@@ -178,7 +337,7 @@ pub fn prepare_gray(
         height,
         pixels.iter().flat_map(|&v| [v, v, v]).collect(),
     );
-    let square = crop_resize(&rgb, opts.size)?;
+    let square = to_square(&rgb, (width, height), Orientation::NoTransforms, opts)?;
     Ok(Prepared {
         width,
         height,
@@ -220,28 +379,60 @@ fn decode_jpeg(bytes: &[u8], opts: &Options) -> Result<Decoded, String> {
     }
 }
 
+/// The size, in the stored axes, that the resize makes of a whole `w`x`h`
+/// image, or of as much of it as it keeps: what the DCT scale must still
+/// cover on each axis. `crop` and `squash` need `size` on both axes (for
+/// `crop` that is the shorter side's need, the longer side following);
+/// `pad` needs the fitted picture's size.
+fn needed(w: usize, h: usize, opts: &Options) -> (usize, usize) {
+    let size = opts.size as usize;
+    match opts.geometry.resize {
+        Resize::Crop | Resize::Squash => (size, size),
+        Resize::Pad => {
+            let (tw, th) = fit(w as u32, h as u32, opts.size);
+            (tw as usize, th as usize)
+        }
+    }
+}
+
+/// The size of a `w`x`h` picture fitted inside a `size` square, aspect ratio
+/// kept: the longer side becomes `size`, the shorter one is rounded (at
+/// least 1). Symmetric: `fit(h, w)` is `fit(w, h)` swapped, so it can be
+/// taken in the stored axes and oriented afterwards.
+fn fit(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let scaled = |short: u32, long: u32| {
+        ((short as u64 * size as u64 * 2 + long as u64) / (2 * long as u64)).max(1) as u32
+    };
+    if w >= h {
+        (size, scaled(h, w))
+    } else {
+        (scaled(w, h), size)
+    }
+}
+
 /// The power-of-two DCT scale (1/8, 1/4, 1/2 or 1, as `(num, denom)`) with
-/// the smallest output whose shorter side still covers `size`. libjpeg-turbo
+/// the smallest output that still covers `need` on both axes. libjpeg-turbo
 /// also offers 3/8, 5/8, 6/8 and 7/8, but its SIMD IDCTs are the 8x8, 4x4 and
 /// 2x2 ones (the others are scalar C); most of the decode is the entropy
 /// decoding, which no scale reduces, so a smaller output buys little.
-fn turbo_scale(short: usize, size: u32, scaling: JpegScaling) -> (usize, usize) {
+fn turbo_scale(w: usize, h: usize, need: (usize, usize), scaling: JpegScaling) -> (usize, usize) {
     if scaling == JpegScaling::Off {
         return (1, 1);
     }
     [8, 4, 2]
         .into_iter()
-        .find(|&d| short.div_ceil(d) >= size as usize)
+        .find(|&d| w.div_ceil(d) >= need.0 && h.div_ceil(d) >= need.1)
         .map_or((1, 1), |d| (1, d))
 }
 
 /// Where to decode and what to crop: the part of the scaled image that
 /// libjpeg-turbo decodes (`region`, x aligned to the scaled iMCU width), and
-/// the centred square inside it. The region keeps a margin of the resize
-/// filter's support around the square, so the output equals that of a whole
-/// decode (the test `partial_decode_equals_whole_decode_on_the_photos`)
-/// while the columns or rows outside it are never colour-converted or
-/// upsampled.
+/// the centred square inside it. For `crop` the region keeps a margin of
+/// the resize filter's support around the square, so the output equals
+/// that of a whole decode (the test
+/// `partial_decode_equals_whole_decode_on_the_photos`) while the columns or
+/// rows outside it are never colour-converted or upsampled; `pad` and
+/// `squash` decode the whole (scaled) image.
 struct TurboPlan {
     scale: (usize, usize),
     region: (usize, usize, usize, usize),
@@ -249,18 +440,23 @@ struct TurboPlan {
 }
 
 fn turbo_plan(w: usize, h: usize, mcu_w: Option<usize>, opts: &Options) -> TurboPlan {
-    let scale = turbo_scale(w.min(h), opts.size, opts.jpeg_scaling);
+    let scale = turbo_scale(w, h, needed(w, h, opts), opts.jpeg_scaling);
     let scaled = |v: usize| (v * scale.0).div_ceil(scale.1);
     let (sw, sh) = (scaled(w), scaled(h));
     let whole = Crop::centre(sw as u32, sh as u32);
-    let margin = (whole.side / opts.size as f64).ceil() as usize + 1;
+    // The kernel reaches `support` target pixels, `side / size` source pixels
+    // each, either side of the square; never less than bilinear's reach.
+    let reach = opts.geometry.filter.support().max(1.0);
+    let margin = (reach * whole.side / opts.size as f64).ceil() as usize + 1;
     let (mut x, mut y, mut rw, mut rh) = (0, 0, sw, sh);
-    if sw > sh {
+    // `pad` and `squash` keep every pixel: the whole image, its square unused.
+    let crop = opts.geometry.resize == Resize::Crop;
+    if crop && sw > sh {
         if let Some(mcu) = mcu_w.map(|m| (m * scale.0).div_ceil(scale.1)) {
             x = (whole.left as usize).saturating_sub(margin) / mcu * mcu;
             rw = ((whole.left + whole.side).ceil() as usize + margin).min(sw) - x;
         }
-    } else if sh > sw {
+    } else if crop && sh > sw {
         y = (whole.top as usize).saturating_sub(margin);
         rh = ((whole.top + whole.side).ceil() as usize + margin).min(sh) - y;
     }
@@ -489,14 +685,22 @@ fn decode_jpeg_fallback(bytes: &[u8], opts: &Options) -> Result<Decoded, String>
     let (w, h) = (info.width as u32, info.height as u32);
     check_pixels(w, h, opts.max_pixels)?;
     if opts.jpeg_scaling == JpegScaling::Auto {
-        // Ask for the smallest image whose shorter side is still >= size:
-        // jpeg-decoder picks the largest 1/8..1 reduction meeting both requests.
-        let short = w.min(h).max(1) as u64;
-        let want = |side: u32| -> u16 {
-            let v = (opts.size as u64 * side as u64).div_ceil(short);
-            v.min(u16::MAX as u64) as u16
+        let clamp = |v: u64| v.min(u16::MAX as u64) as u16;
+        let (want_w, want_h) = if opts.geometry.resize == Resize::Crop {
+            // Ask for the smallest image whose shorter side is still >= size:
+            // jpeg-decoder picks the largest 1/8..1 reduction meeting both requests.
+            let short = w.min(h).max(1) as u64;
+            let want = |side: u32| (opts.size as u64 * side as u64).div_ceil(short);
+            (want(w), want(h))
+        } else {
+            // The scale libjpeg-turbo takes (both axes covered), asked for by
+            // its exact output size: jpeg-decoder takes the first reduction
+            // that reaches the request on either axis, which is that one.
+            let (wu, hu) = (w as usize, h as usize);
+            let (_, den) = turbo_scale(wu, hu, needed(wu, hu, opts), JpegScaling::Auto);
+            (wu.div_ceil(den) as u64, hu.div_ceil(den) as u64)
         };
-        d.scale(want(w), want(h))
+        d.scale(clamp(want_w), clamp(want_h))
             .map_err(|e| format!("corrupt JPEG ({e})"))?;
     }
     let pixels = d.decode().map_err(|e| {
@@ -602,32 +806,91 @@ fn new_resizer() -> fr::Resizer {
     r
 }
 
-/// Crops the image's square (`src.crop`) and resizes it to `size`.
-fn crop_resize(src: &Rgb, size: u32) -> Result<Vec<u8>, String> {
+/// Resizes `width`x`height` of `src` (from `left`, `top`: fractional, the
+/// centre of an odd margin) to `dw`x`dh` with `filter`.
+fn resize(
+    src: &Rgb,
+    (left, top, width, height): (f64, f64, f64, f64),
+    dw: u32,
+    dh: u32,
+    filter: Filter,
+) -> Result<Vec<u8>, String> {
     let view = fr::images::ImageRef::new(src.width, src.height, &src.pixels, fr::PixelType::U8x3)
         .map_err(|e| format!("internal: bad pixel buffer ({e})"))?;
-    let mut dst = fr::images::Image::new(size, size, fr::PixelType::U8x3);
-    let c = src.crop;
+    let mut dst = fr::images::Image::new(dw, dh, fr::PixelType::U8x3);
     let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(c.left, c.top, c.side, c.side);
+        .resize_alg(fr::ResizeAlg::Convolution(filter.fr()))
+        .crop(left, top, width, height);
     RESIZER
         .with(|r| r.borrow_mut().resize(&view, &mut dst, &options))
         .map_err(|e| format!("internal: resize failed ({e})"))?;
     Ok(dst.into_vec())
 }
 
-/// Applies an EXIF orientation to the `size`x`size` output (see the module doc).
-fn orient(square: Vec<u8>, size: u32, o: Orientation) -> Vec<u8> {
-    if o == Orientation::NoTransforms {
-        return square;
+/// The `size`x`size` output of a decoded image whose full-size, stored
+/// dimensions are `full` (the decode may be DCT-scaled), upright by `o`
+/// (see the module doc for why each policy orients where it does).
+fn to_square(
+    src: &Rgb,
+    full: (u32, u32),
+    o: Orientation,
+    opts: &Options,
+) -> Result<Vec<u8>, String> {
+    let (size, g) = (opts.size, &opts.geometry);
+    let whole = (0.0, 0.0, src.width as f64, src.height as f64);
+    match g.resize {
+        Resize::Crop => {
+            let c = src.crop;
+            let square = resize(src, (c.left, c.top, c.side, c.side), size, size, g.filter)?;
+            Ok(orient(square, size, size, o).0)
+        }
+        Resize::Squash => {
+            let square = resize(src, whole, size, size, g.filter)?;
+            Ok(orient(square, size, size, o).0)
+        }
+        Resize::Pad => {
+            // Fitted in the stored axes (from the full-size dimensions, not
+            // the DCT-scaled ones, whose rounding would tilt the ratio).
+            let (tw, th) = fit(full.0, full.1, size);
+            let picture = resize(src, whole, tw, th, g.filter)?;
+            let (picture, dw, dh) = orient(picture, tw, th, o);
+            Ok(pad(&picture, dw, dh, size, g.pad_color))
+        }
     }
-    let Some(img) = RgbImage::from_raw(size, size, square.clone()) else {
-        return square;
+}
+
+/// `picture` (`w`x`h`, each at most `size`) centred on a `size` square of
+/// `color`; an odd border's extra pixel goes right and below.
+fn pad(picture: &[u8], w: u32, h: u32, size: u32, color: Color) -> Vec<u8> {
+    let (size, w, h) = (size as usize, w as usize, h as usize);
+    let mut out: Vec<u8> = color
+        .0
+        .iter()
+        .copied()
+        .cycle()
+        .take(size * size * 3)
+        .collect();
+    let (x0, y0) = ((size - w) / 2, (size - h) / 2);
+    for (y, row) in picture.chunks_exact(w * 3).enumerate() {
+        let start = ((y0 + y) * size + x0) * 3;
+        out[start..start + w * 3].copy_from_slice(row);
+    }
+    out
+}
+
+/// Applies an EXIF orientation to a `w`x`h` image; returns it with its new
+/// width and height (swapped by a quarter turn).
+fn orient(pixels: Vec<u8>, w: u32, h: u32, o: Orientation) -> (Vec<u8>, u32, u32) {
+    if o == Orientation::NoTransforms {
+        return (pixels, w, h);
+    }
+    let Some(img) = RgbImage::from_raw(w, h, pixels.clone()) else {
+        return (pixels, w, h);
     };
     let mut img = DynamicImage::ImageRgb8(img);
     img.apply_orientation(o);
-    img.into_rgb8().into_raw()
+    let (w, h) = (img.width(), img.height());
+    (img.into_rgb8().into_raw(), w, h)
 }
 
 fn encode(pixels: Vec<u8>, opts: &Options) -> Result<Vec<u8>, String> {
@@ -672,6 +935,7 @@ mod tests {
             max_pixels: 1 << 30,
             jpeg_scaling: JpegScaling::Auto,
             png_compression: PngCompression::Fast,
+            geometry: Geometry::default(),
         }
     }
 
@@ -734,13 +998,14 @@ mod tests {
         // A 2x2 marker: top-left red. Rotate90 moves it to the top-right.
         let mut sq = vec![0u8; 2 * 2 * 3];
         sq[0] = 255;
-        let r = orient(sq, 2, Orientation::Rotate90);
+        let (r, w, h) = orient(sq, 2, 2, Orientation::Rotate90);
+        assert_eq!((w, h), (2, 2));
         assert_eq!(&r[3..6], &[255, 0, 0]);
         assert_eq!(displayed(30, 20, Orientation::Rotate90), (20, 30));
     }
 
     /// Decodes `bytes` through libjpeg-turbo at `plan`, then crops and resizes.
-    fn turbo_square(bytes: &[u8], plan: &TurboPlan, size: u32) -> Vec<u8> {
+    fn turbo_square(bytes: &[u8], plan: &TurboPlan, o: &Options) -> Vec<u8> {
         TURBO.with(|c| {
             let mut c = c.borrow_mut();
             let d = c.as_mut().expect("libjpeg-turbo handle");
@@ -754,7 +1019,7 @@ mod tests {
                 pixels,
                 crop: plan.crop,
             };
-            crop_resize(&rgb, size).unwrap()
+            to_square(&rgb, (w as u32, h as u32), Orientation::NoTransforms, o).unwrap()
         })
     }
 
@@ -779,8 +1044,16 @@ mod tests {
                 JpegEncoder::new_with_quality(&mut bytes, 85)
                     .write_image(img.as_raw(), nw, nh, image::ExtendedColorType::Rgb8)
                     .unwrap();
-                for size in [32, 128] {
-                    let o = opts(size);
+                // Bilinear (the default), and the filters of the smallest and
+                // largest support, whose margins differ.
+                for (size, filter) in [
+                    (32, Filter::Bilinear),
+                    (128, Filter::Bilinear),
+                    (32, Filter::Lanczos3),
+                    (128, Filter::Box),
+                ] {
+                    let mut o = opts(size);
+                    o.geometry.filter = filter;
                     let mcu = TURBO.with(|c| {
                         let mut c = c.borrow_mut();
                         c.as_mut().unwrap().header(&bytes).unwrap().mcu_width
@@ -797,9 +1070,9 @@ mod tests {
                     };
                     assert_ne!(plan.region, whole.region, "{nw}x{nh}: nothing cut off");
                     assert_eq!(
-                        turbo_square(&bytes, &plan, size),
-                        turbo_square(&bytes, &whole, size),
-                        "{} at {nw}x{nh} to {size}",
+                        turbo_square(&bytes, &plan, &o),
+                        turbo_square(&bytes, &whole, &o),
+                        "{} at {nw}x{nh} to {size} ({filter:?})",
                         path.display()
                     );
                 }
@@ -807,6 +1080,121 @@ mod tests {
             files += 1;
         }
         assert_eq!(files, 20, "the 20 foolbox photos");
+    }
+
+    /// Left and right thirds red, middle third green, 300x100.
+    fn thirds() -> Vec<u8> {
+        jpeg(300, 100, |x, _| {
+            if (100..200).contains(&x) {
+                [0, 255, 0]
+            } else {
+                [255, 0, 0]
+            }
+        })
+    }
+
+    fn with_resize(size: u32, resize: Resize) -> Options {
+        let mut o = opts(size);
+        o.geometry.resize = resize;
+        o.geometry.pad_color = Color([0, 0, 255]);
+        o
+    }
+
+    #[test]
+    fn squash_keeps_the_whole_width() {
+        let p = prepare(&thirds(), &with_resize(30, Resize::Squash)).unwrap();
+        let px = |x: usize, y: usize| &p.bytes[(y * 30 + x) * 3..(y * 30 + x) * 3 + 3];
+        for y in [0, 15, 29] {
+            assert!(px(2, y)[0] > 200 && px(2, y)[1] < 60, "{:?}", px(2, y));
+            assert!(px(15, y)[1] > 200 && px(15, y)[0] < 60, "{:?}", px(15, y));
+            assert!(px(27, y)[0] > 200 && px(27, y)[1] < 60, "{:?}", px(27, y));
+        }
+    }
+
+    #[test]
+    fn pad_fits_the_whole_image_and_fills_the_border() {
+        // 300x100 in 16: a 16x5 picture (5.33 rounded) on rows 5..10.
+        assert_eq!(fit(300, 100, 16), (16, 5));
+        let p = prepare(&thirds(), &with_resize(16, Resize::Pad)).unwrap();
+        let px = |x: usize, y: usize| &p.bytes[(y * 16 + x) * 3..(y * 16 + x) * 3 + 3];
+        for y in (0..5).chain(10..16) {
+            for x in 0..16 {
+                assert_eq!(px(x, y), &[0, 0, 255], "border at {x},{y}");
+            }
+        }
+        for y in 5..10 {
+            assert!(px(0, y)[0] > 200 && px(0, y)[2] < 60, "{:?}", px(0, y));
+            assert!(px(8, y)[1] > 200 && px(8, y)[2] < 60, "{:?}", px(8, y));
+        }
+    }
+
+    #[test]
+    fn fit_is_symmetric_and_never_empty() {
+        for (w, h, s) in [(640, 360, 128), (333, 120, 32), (5000, 3, 64), (7, 7, 9)] {
+            let (a, b) = fit(w, h, s);
+            assert_eq!(fit(h, w, s), (b, a));
+            assert!(a.max(b) == s && a.min(b) >= 1);
+        }
+    }
+
+    #[test]
+    fn dct_scale_covers_what_each_policy_keeps() {
+        // 4000x1000 to 128: crop and squash need 128 on the shorter side
+        // (1000/4 = 250; 1/8 would give 125); pad needs 128 on the longer
+        // side only (4000/8 = 500 across, 125 >= 32 down).
+        let scale = |r| {
+            let o = with_resize(128, r);
+            turbo_scale(4000, 1000, needed(4000, 1000, &o), JpegScaling::Auto)
+        };
+        assert_eq!(scale(Resize::Crop), (1, 4));
+        assert_eq!(scale(Resize::Squash), (1, 4));
+        assert_eq!(scale(Resize::Pad), (1, 8));
+        // A small image is decoded whole and upscaled, whatever the policy.
+        let o = with_resize(128, Resize::Pad);
+        assert_eq!(
+            turbo_scale(100, 60, needed(100, 60, &o), JpegScaling::Auto),
+            (1, 1)
+        );
+    }
+
+    #[test]
+    fn every_policy_gives_the_same_square_of_a_square_image() {
+        let bytes = jpeg(96, 96, |x, y| [x as u8 * 2, y as u8 * 2, 40]);
+        for filter in [Filter::Bilinear, Filter::Lanczos3] {
+            let outs: Vec<Vec<u8>> = [Resize::Crop, Resize::Pad, Resize::Squash]
+                .into_iter()
+                .map(|r| {
+                    let mut o = with_resize(40, r);
+                    o.geometry.filter = filter;
+                    prepare(&bytes, &o).unwrap().bytes
+                })
+                .collect();
+            assert_eq!(outs[0], outs[1], "{filter:?}: pad");
+            assert_eq!(outs[0], outs[2], "{filter:?}: squash");
+        }
+    }
+
+    #[test]
+    fn colours_parse_in_every_spelling_and_print_as_hex() {
+        for (s, c) in [
+            ("#ff8000", [255, 128, 0]),
+            ("FF8000", [255, 128, 0]),
+            ("255, 128,0", [255, 128, 0]),
+            ("black", [0, 0, 0]),
+            ("White", [255, 255, 255]),
+            ("grey", [128, 128, 128]),
+        ] {
+            assert_eq!(s.parse::<Color>(), Ok(Color(c)), "{s}");
+        }
+        for bad in ["", "red", "#ff80", "256,0,0", "1,2", "#gg0000"] {
+            assert!(bad.parse::<Color>().is_err(), "{bad}");
+        }
+        assert_eq!(Color([255, 128, 0]).to_string(), "#ff8000");
+        let g = Geometry::default();
+        assert_eq!(
+            serde_json::to_value(g).unwrap(),
+            serde_json::json!({"resize": "crop", "filter": "bilinear", "pad-color": "#000000"})
+        );
     }
 
     #[test]

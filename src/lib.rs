@@ -4,10 +4,11 @@
 //!
 //! Layers, top to bottom (arrows only point down): [`pipeline`] (pipeline
 //! files, the run loop) -> [`stages`] (one module per stage) -> building
-//! blocks ([`shard`], [`codec`], [`models`], [`gan`], [`metrics`]) -> core
+//! blocks ([`shard`], [`codec`], [`dedup`], [`models`], [`gan`], [`metrics`]) -> core
 //! ([`error`], [`manifest`], [`stage`], [`progress`], [`fsutil`], and
 //! [`dist`], the data-parallel process group).
 pub mod codec;
+pub mod dedup;
 pub mod device;
 pub mod dist;
 pub mod error;

@@ -92,17 +92,31 @@ fn doctor(json: bool) {
     println!("rayon threads    {}", d.rayon_threads);
 }
 
+/// A clap usage error as one line, as every other error is: its message
+/// and the values it lists (`[possible values: ...]`, the missing flags),
+/// without the usage block and the `--help` hint.
+fn one_line(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() -> ExitCode {
     fewlabels::device::keep_freed_memory();
     let matches = match cli().try_get_matches() {
         Ok(m) => m,
+        Err(e) if e.use_stderr() => {
+            eprintln!("{}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
+        }
         Err(e) => {
+            // --help and --version: clap's own text on stdout.
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return ExitCode::SUCCESS;
         }
     };
     let (json, quiet) = (matches.get_flag("json"), matches.get_flag("quiet"));

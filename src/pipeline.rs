@@ -185,24 +185,32 @@ impl Pipeline {
             .and_then(|m| serde_json::from_value::<GanMode>(m.clone()).ok());
         let present: Vec<StageName> = tables.params.iter().map(|(s, _)| s.name()).collect();
         let reference = p.reference(&tables.params)?;
+        let mut reference_prepared = false;
         for (stage, params) in tables.params {
             let mut dirs = p.wire(stage, &present, mode)?;
-            if stage.name() == StageName::Evaluate {
-                if let Some((dir, prepare)) = &reference {
-                    if let Some(params) = prepare {
-                        // The reference images, prepared as the training images are.
-                        let prep = stages::lookup(StageName::Prepare);
-                        let pdirs = RunDirs::new(dir);
-                        p.steps.push(Step {
-                            stage: prep,
-                            inputs: prep.inputs(&pdirs, params)?,
-                            params: params.clone(),
-                            dirs: pdirs,
-                            input_key: Some((StageName::Evaluate, "reference")),
-                        });
-                    }
-                    dirs = dirs.replace(&stages::evaluate::REFERENCE, dir);
+            // The evaluation reference: what `evaluate` scores against, and
+            // what `duplicates` looks for copies of the training images in.
+            let reference_slot = match stage.name() {
+                StageName::Duplicates => Some(&stages::duplicates::REFERENCE),
+                StageName::Evaluate => Some(&stages::evaluate::REFERENCE),
+                _ => None,
+            };
+            if let (Some(slot), Some((dir, prepare))) = (reference_slot, &reference) {
+                if let (Some(params), false) = (prepare, reference_prepared) {
+                    // The reference images, prepared as the training images
+                    // are, before the first stage that reads them.
+                    let prep = stages::lookup(StageName::Prepare);
+                    let pdirs = RunDirs::new(dir);
+                    p.steps.push(Step {
+                        stage: prep,
+                        inputs: prep.inputs(&pdirs, params)?,
+                        params: params.clone(),
+                        dirs: pdirs,
+                        input_key: Some((StageName::Evaluate, "reference")),
+                    });
+                    reference_prepared = true;
                 }
+                dirs = dirs.replace(slot, dir);
             }
             stage
                 .check(&dirs, &params)
@@ -468,8 +476,17 @@ impl Pipeline {
         };
         let mut dirs = RunDirs::new(self.dir(name));
         for slot in stage.slots().iter().filter(|s| s.in_pipeline) {
-            if name == StageName::Shard && slot.stage != StageName::Prepare {
+            let labels = matches!(slot.stage, StageName::PseudoLabel | StageName::SampleLabels);
+            if name == StageName::Shard && labels {
                 continue; // wired below, by the GAN mode
+            }
+            if slot.stage == StageName::Duplicates {
+                // Only a [duplicates] table drops rows from the shards, never
+                // a folder left in the run directory by an earlier file.
+                if tables.contains(&slot.stage) {
+                    dirs = dirs.with(slot, self.dir(slot.stage));
+                }
+                continue;
             }
             if present(slot.stage) {
                 dirs = dirs.with(slot, self.dir(slot.stage));

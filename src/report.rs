@@ -12,12 +12,16 @@ use arrow::array::{Array, StringArray};
 use crate::error::{Result, ResultExt};
 use crate::fsutil::write_atomic;
 use crate::manifest::Manifest;
+use image::RgbImage;
+
 use crate::plot::{line_plot, save_png, LinePlot, Series};
 use crate::shard::TableReader;
 use crate::stage::StageName;
 
 /// Rejects listed in the report at most (the table holds them all).
 const MAX_REJECTS_SHOWN: usize = 50;
+/// Duplicate pairs shown side by side.
+const DUPLICATE_EXAMPLES: usize = 8;
 /// Metric series plotted per stage at most.
 const MAX_PLOTS_PER_STAGE: usize = 8;
 
@@ -252,6 +256,8 @@ fn stage_blocks(
             {
                 structured.push(rows_table(k, items))
             }
+            // Identifies inputs for the stages that check them; not a figure.
+            _ if k.ends_with("_fingerprint") => {}
             other => scalars.push(vec![k.clone(), show_value(other)]),
         }
     }
@@ -260,6 +266,12 @@ fn stage_blocks(
     }
     blocks.extend(structured);
     if s.manifest.stage == StageName::Prepare {
+        rejects_block(s, blocks)?;
+    }
+    if s.manifest.stage == StageName::Duplicates {
+        duplicates_block(s, run_dir, plots_dir, blocks)?;
+    }
+    if s.manifest.stage == StageName::Shard && s.manifest.count("dropped") > 0 {
         rejects_block(s, blocks)?;
     }
     for jsonl in files_with_ext(&s.dir, "jsonl") {
@@ -378,15 +390,180 @@ fn rejects_block(s: &StageDir, blocks: &mut Vec<Block>) -> Result<()> {
         }
     }
     let shown = rows.len();
-    blocks.push(Block::Text(if total == 0 {
-        "Rejects: none; every input became an image.".to_string()
-    } else {
-        format!("Rejects: {total} input(s) did not become images (first {shown} below; all in the rejects table).")
+    blocks.push(Block::Text(match (total, s.manifest.stage) {
+        (0, _) => "Rejects: none; every input became an image.".to_string(),
+        (_, StageName::Shard) => format!(
+            "Rejects: {total} duplicate image(s) left out of the training shards (first {shown} below; all in the rejects table)."
+        ),
+        _ => format!("Rejects: {total} input(s) did not become images (first {shown} below; all in the rejects table)."),
     }));
     if total > 0 {
         blocks.push(Block::Table(vec!["path".into(), "reason".into()], rows));
     }
     Ok(())
+}
+
+/// The duplicates stage in words, and a few of its pairs side by side: the
+/// reference overlaps first (they flatter FID), then the near duplicates
+/// inside the table (the exact ones look alike by definition), closest first.
+fn duplicates_block(
+    s: &StageDir,
+    run_dir: &Path,
+    plots_dir: &Path,
+    blocks: &mut Vec<Block>,
+) -> Result<()> {
+    use crate::stages::duplicates::read_pairs;
+    let m = &s.manifest;
+    let c = |k: &str| m.count(k);
+    let mut text = format!(
+        "Duplicates (pHash within {} bits of 64): {} pair(s) inside images/ ({} exact, {} near); {} of {} images duplicate an earlier one.",
+        c("max_distance"),
+        c("within_pairs"),
+        c("within_exact"),
+        c("within_near"),
+        c("rows_with_earlier_duplicate"),
+        c("images"),
+    );
+    let reference = m
+        .counts
+        .get("reference")
+        .and_then(|v| v.as_str())
+        .map(PathBuf::from);
+    if reference.is_some() {
+        let n = c("rows_duplicating_reference");
+        let _ = write!(
+            text,
+            " Against the {} reference images: {} pair(s) ({} exact, {} near); {} training images ({:.2}%) duplicate a reference image.",
+            c("reference_images"),
+            c("reference_pairs"),
+            c("reference_exact"),
+            c("reference_near"),
+            n,
+            100.0 * n as f64 / c("images").max(1) as f64
+        );
+    } else {
+        text.push_str(" No reference table was compared.");
+    }
+    blocks.push(Block::Text(text));
+    let (_, mut pairs) = read_pairs(&s.dir, None)?;
+    pairs.sort_by_key(|p| (!p.reference, p.exact, p.distance, p.id, p.other_id));
+    pairs.truncate(DUPLICATE_EXAMPLES);
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let images_dir = run_dir.join(StageName::Prepare.folder());
+    let mine = pictures(&images_dir, pairs.iter().map(|p| p.id), false);
+    let theirs_in = |reference_row: bool| {
+        pairs
+            .iter()
+            .filter(move |p| p.reference == reference_row)
+            .map(|p| p.other_id)
+    };
+    let mut others = pictures(&images_dir, theirs_in(false), false);
+    if let Some(dir) = &reference {
+        others.extend(pictures(dir, theirs_in(true), true));
+    }
+    let mut rows = Vec::new();
+    let mut tiles = Vec::new();
+    for p in &pairs {
+        let left = mine.get(&(false, p.id));
+        let right = others.get(&(p.reference, p.other_id));
+        let name = |x: Option<&(String, RgbImage)>| x.map(|x| x.0.clone()).unwrap_or_default();
+        rows.push(vec![
+            p.id.to_string(),
+            name(left),
+            format!(
+                "{} {}",
+                if p.reference { "reference" } else { "images" },
+                p.other_id
+            ),
+            name(right),
+            p.distance.to_string(),
+            if p.exact { "exact" } else { "near" }.to_string(),
+        ]);
+        if let (Some(l), Some(r)) = (left, right) {
+            tiles.push(side_by_side(&l.1, &r.1));
+        }
+    }
+    blocks.push(Block::Table(
+        ["id", "path", "duplicates", "its path", "distance", "kind"]
+            .map(String::from)
+            .to_vec(),
+        rows,
+    ));
+    if !tiles.is_empty() {
+        let grid = crate::plot::image_grid(&tiles, 2, 12, image::Rgb([255, 255, 255]));
+        let file = plots_dir.join("duplicates-examples.png");
+        save_png(&grid, &file)?;
+        let rel = file
+            .strip_prefix(run_dir)
+            .unwrap_or(&file)
+            .to_string_lossy()
+            .into_owned();
+        blocks.push(Block::Image(
+            rel,
+            "each pair side by side: the training image, then the image it duplicates".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The path and decoded image of the rows `ids` of the images table in
+/// `dir`, keyed by (`reference`, id). Rows that cannot be read are left
+/// out: the report shows what it can.
+fn pictures(
+    dir: &Path,
+    ids: impl Iterator<Item = u64>,
+    reference: bool,
+) -> BTreeMap<(bool, u64), (String, RgbImage)> {
+    use crate::stages::tables;
+    let want: std::collections::BTreeSet<u64> = ids.collect();
+    let mut out = BTreeMap::new();
+    let Ok(m) = Manifest::read_complete(dir, StageName::Prepare) else {
+        return out;
+    };
+    let format = tables::stored_image(dir, &m, "images").ok().flatten();
+    for batch in
+        TableReader::from_manifest(dir, &m, "images", Some(&["id", "path", "image"])).flatten()
+    {
+        let (Some(id), Some(path)) = (
+            batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::UInt64Array>(),
+            batch.column(1).as_any().downcast_ref::<StringArray>(),
+        ) else {
+            continue;
+        };
+        for i in 0..batch.num_rows() {
+            if !want.contains(&id.value(i)) {
+                continue;
+            }
+            let img = crate::shard::image_bytes(batch.column(2).as_ref(), i)
+                .ok()
+                .and_then(|b| crate::shard::stored::decode(b, format.as_ref()).ok());
+            if let Some(img) = img {
+                out.insert((reference, id.value(i)), (path.value(i).to_string(), img));
+            }
+        }
+    }
+    out
+}
+
+/// Two images next to each other, each scaled up to at least 96 pixels
+/// (nearest neighbour: 32x32 images stay sharp).
+fn side_by_side(a: &RgbImage, b: &RgbImage) -> RgbImage {
+    let up = |img: &RgbImage| {
+        let k = 96u32.div_ceil(img.width().max(1)).max(1);
+        image::imageops::resize(
+            img,
+            img.width() * k,
+            img.height() * k,
+            image::imageops::FilterType::Nearest,
+        )
+    };
+    let (a, b) = (up(a), up(b));
+    crate::plot::image_grid(&[a, b], 2, 2, image::Rgb([255, 255, 255]))
 }
 
 /// Plots the numeric fields of a JSON-lines metrics file against `step`:

@@ -124,20 +124,7 @@ fn near(a: [u8; 3], b: [u8; 3], tol: i32) -> bool {
 }
 
 fn photo(i: usize) -> PathBuf {
-    let mut v: Vec<PathBuf> = fs::read_dir(common::photos())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("imagenet_") && n.ends_with(".jpg")
-        })
-        .collect();
-    v.sort();
-    assert!(
-        v.len() >= 20,
-        "expected the 20 foolbox photos in {:?}",
-        common::photos()
-    );
+    let v = common::imagenet_photos();
     v[i % v.len()].clone()
 }
 

@@ -3,13 +3,17 @@
 # three pipelines users run today (BigGAN-PyTorch's PIL make_hdf5, PIL with
 # DCT draft mode, img2dataset's OpenCV resizer) on the same files, on two
 # corpora, each contender twice (the better run counts), then the levers one
-# at a time, throughput with 1 and all threads, the start-up alone, and peak
-# RSS for 10k and 100k inputs. Needs `make setup` (`make bench` runs it).
+# at a time, the resize policies and filters, throughput with 1 and all
+# threads, the start-up alone, and peak RSS for 10k and 100k inputs. Needs
+# `make setup` (`make bench` runs it).
 # Run it alone on a quiet machine (`bench-alone benches/prepare/run.sh`).
 #
 #   benches/prepare/run.sh                       # everything (~5 minutes on 2 cores)
 #   PREPARE_BENCH_RSS=0 benches/prepare/run.sh   # skip the 10k/100k RSS runs
-#   PREPARE_BENCH_LEVERS=0 ...                   # head to head only
+#   PREPARE_BENCH_LEVERS=0 ...                   # no levers, threads, start-up
+#   PREPARE_BENCH_HEAD=0 ...                     # no head to head
+#   PREPARE_BENCH_RESIZE=0 ...                   # no resize policies and filters
+#   PREPARE_BENCH_HEAD=0 PREPARE_BENCH_LEVERS=0 PREPARE_BENCH_RSS=0 ...  # the policies and filters alone
 #   BENCH_PROFILE=dev ...                        # time the dev build (default: release, what `make build` installs)
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -83,6 +87,7 @@ peer() { # name, corpus, script, extra args...
 
 echo "prepare benchmark: $(nproc) cores, $threads threads/processes, size 128, binary $bin ($BENCH_PROFILE profile)"
 for c in "${corpora[@]}"; do
+  [ "${PREPARE_BENCH_HEAD:-1}" != 0 ] || break
   k=$(basename "$c")
   echo "== head to head on $k: $(find "$c" -type f | wc -l) JPEGs, $(du -sh "$c" | cut -f1) (wall clock of each command, start-up included; best of 2)"
   prep "$k fewlabels prepare (PNG)" "$c" 2
@@ -93,6 +98,24 @@ for c in "${corpora[@]}"; do
     -v c="${R[$k img2dataset resizer (OpenCV)]}" -v d="${R[$k PIL with draft mode]}" \
     'BEGIN {printf "  ratios: %.2fx PIL draft (bar 1.0x, aim 1.3x), %.2fx img2dataset (bar 1.6x), %.2fx BigGAN-PyTorch (bar 2.5x)\n", a/d, a/c, a/b}'
 done
+
+if [ "${PREPARE_BENCH_RESIZE:-1}" != 0 ]; then
+  # --resize pad and squash decode the whole image (crop decodes only the
+  # centred square's part) and may take a smaller DCT scale (pad); the
+  # filters differ in kernel support (bilinear 1, catmull-rom 2, lanczos3 3).
+  echo "== resize policies and filters (one change each from the default; best of 2)"
+  for c in "${corpora[@]}"; do
+    k=$(basename "$c")
+    prep "$k default (crop, bilinear)" "$c" 2
+    prep "$k --resize pad" "$c" 2 --resize pad
+    prep "$k --resize squash" "$c" 2 --resize squash
+    prep "$k --filter catmull-rom" "$c" 2 --filter catmull-rom
+    prep "$k --filter lanczos3" "$c" 2 --filter lanczos3
+    awk -v d="${R[$k default (crop, bilinear)]}" -v p="${R[$k --resize pad]}" \
+      -v s="${R[$k --resize squash]}" -v c="${R[$k --filter catmull-rom]}" -v l="${R[$k --filter lanczos3]}" \
+      'BEGIN {printf "  against the default: pad %.2fx, squash %.2fx, catmull-rom %.2fx, lanczos3 %.2fx\n", p/d, s/d, c/d, l/d}'
+  done
+fi
 
 if [ "${PREPARE_BENCH_LEVERS:-1}" != 0 ]; then
   c=${corpora[0]}

@@ -6,16 +6,29 @@
 //! its own, and its fields are all nullable: so every column that carries a
 //! feature type (image, label, sequences) is declared nullable here, and the
 //! writers guarantee non-null values where the table's doc says so.
+//!
+//! Besides the columns, the checked-in files hold the `fewlabels.*` schema
+//! metadata a table's readers rely on ([`DESCRIBED_KEYS`]): `images` records
+//! how its squares were made ([`RESIZE_KEY`]).
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use serde_json::{json, Value};
 
+use crate::codec::Geometry;
+
 /// Metadata key holding the class names (JSON array) on every labelled table.
 pub const CLASS_NAMES_KEY: &str = "fewlabels.class_names";
 /// Metadata key read by Hugging Face `datasets`.
 pub const HF_KEY: &str = "huggingface";
+/// Metadata key of the images table holding how its squares were made
+/// (`codec::Geometry` as JSON: resize policy, filter, pad colour). Tables
+/// written before it existed lack it: they were centre crops with the
+/// bilinear filter.
+pub const RESIZE_KEY: &str = "fewlabels.resize";
+/// The metadata keys the checked-in schemas describe (with their values).
+pub const DESCRIBED_KEYS: [&str; 1] = [RESIZE_KEY];
 
 /// The tables of the pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,16 +39,20 @@ pub enum Table {
     Features,
     PseudoLabels,
     Train,
+    Duplicates,
+    ShardRejects,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 8] = [
         Table::Images,
         Table::Rejects,
         Table::Labels,
         Table::Features,
         Table::PseudoLabels,
         Table::Train,
+        Table::Duplicates,
+        Table::ShardRejects,
     ];
 
     pub fn name(self) -> &'static str {
@@ -46,6 +63,9 @@ impl Table {
             Table::Features => "features",
             Table::PseudoLabels => "pseudo_labels",
             Table::Train => "train",
+            Table::Duplicates => "duplicates",
+            // Written as `train/rejects-*.arrow`, beside the training shards.
+            Table::ShardRejects => "shard_rejects",
         }
     }
 }
@@ -102,6 +122,25 @@ pub fn images(class_names: &[String]) -> SchemaRef {
         }),
         Some(class_names),
     )
+}
+
+/// `schema` with `geometry` recorded under [`RESIZE_KEY`].
+pub fn with_geometry(schema: &SchemaRef, geometry: &Geometry) -> SchemaRef {
+    let mut md = schema.metadata().clone();
+    md.insert(
+        RESIZE_KEY.to_string(),
+        serde_json::to_string(geometry).expect("geometry serialises"),
+    );
+    Arc::new(Schema::new_with_metadata(schema.fields().clone(), md))
+}
+
+/// How an images table's squares were made: its [`RESIZE_KEY`], or the
+/// centre crop with the bilinear filter for a table written before the key.
+pub fn geometry_of(schema: &Schema) -> Option<Geometry> {
+    match schema.metadata().get(RESIZE_KEY) {
+        Some(v) => serde_json::from_str(v).ok(),
+        None => Some(Geometry::default()),
+    }
 }
 
 /// `rejects`: every input that did not become an image, and why.
@@ -191,17 +230,54 @@ pub fn train(class_names: &[String]) -> SchemaRef {
     )
 }
 
+/// `duplicates/`: one row per duplicate pair. Row `id` of the images table
+/// duplicates row `other_id` of `other_table`: `images` (an earlier row of
+/// the same table) or `reference`; `distance` is the Hamming distance of
+/// their pHashes, `kind` is `exact` (the same pixels) or `near`.
+pub fn duplicates() -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("other_table", DataType::Utf8, false),
+            Field::new("other_id", DataType::UInt64, false),
+            Field::new("distance", DataType::UInt8, false),
+            Field::new("kind", DataType::Utf8, false),
+        ],
+        json!({
+            "id": value("uint64"), "other_table": value("string"), "other_id": value("uint64"),
+            "distance": value("uint8"), "kind": value("string"),
+        }),
+        None,
+    )
+}
+
+/// `train/rejects-*.arrow`: the images rows `shard` left out of the
+/// training shards (duplicates it was asked to drop), and why.
+pub fn shard_rejects() -> SchemaRef {
+    with_metadata(
+        vec![
+            Field::new("id", DataType::UInt64, false),
+            Field::new("path", DataType::Utf8, false),
+            Field::new("reason", DataType::Utf8, false),
+        ],
+        json!({"id": value("uint64"), "path": value("string"), "reason": value("string")}),
+        None,
+    )
+}
+
 /// The schema of `table` with placeholder class names and dimensions, as
 /// checked into `schemas/`.
 pub fn reference(table: Table) -> SchemaRef {
     let names = vec!["CLASS_0".to_string(), "CLASS_1".to_string()];
     match table {
-        Table::Images => images(&names),
+        Table::Images => with_geometry(&images(&names), &Geometry::default()),
         Table::Rejects => rejects(),
         Table::Labels => labels(&names),
         Table::Features => features(8, 2),
         Table::PseudoLabels => pseudo_labels(&names),
         Table::Train => train(&names),
+        Table::Duplicates => duplicates(),
+        Table::ShardRejects => shard_rejects(),
     }
 }
 
@@ -214,7 +290,18 @@ pub fn describe(schema: &Schema) -> Value {
         .get(HF_KEY)
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(Value::Null);
-    json!({"fields": fields, "huggingface": hf})
+    let mut described = json!({"fields": fields, "huggingface": hf});
+    let metadata: serde_json::Map<String, Value> = DESCRIBED_KEYS
+        .iter()
+        .filter_map(|k| {
+            let v = schema.metadata().get(k)?;
+            Some((k.to_string(), serde_json::from_str(v).unwrap_or(json!(v))))
+        })
+        .collect();
+    if !metadata.is_empty() {
+        described["metadata"] = Value::Object(metadata);
+    }
+    described
 }
 
 /// The class names stored in a table's metadata (empty when none).

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum StageName {
     Prepare,
+    Duplicates,
     SampleLabels,
     Pretrain,
     Embed,
@@ -30,8 +31,9 @@ pub enum CountRule {
 }
 
 impl StageName {
-    pub const ALL: [StageName; 8] = [
+    pub const ALL: [StageName; 9] = [
         StageName::Prepare,
+        StageName::Duplicates,
         StageName::SampleLabels,
         StageName::Pretrain,
         StageName::Embed,
@@ -45,6 +47,7 @@ impl StageName {
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Prepare => "prepare",
+            StageName::Duplicates => "duplicates",
             StageName::SampleLabels => "sample-labels",
             StageName::Pretrain => "pretrain",
             StageName::Embed => "embed",
@@ -59,6 +62,7 @@ impl StageName {
     pub fn folder(self) -> &'static str {
         match self {
             StageName::Prepare => "images",
+            StageName::Duplicates => "duplicates",
             StageName::SampleLabels => "labels",
             StageName::Pretrain => "pretrain",
             StageName::Embed => "features",
@@ -82,12 +86,22 @@ impl StageName {
                 CountRule::Rows(&["rejected"], "rejects"),
                 CountRule::Sum("seen", &["written", "rejected"]),
             ],
+            StageName::Duplicates => &[
+                CountRule::Rows(&["within_pairs", "reference_pairs"], "duplicates"),
+                CountRule::Sum("within_pairs", &["within_exact", "within_near"]),
+                CountRule::Sum("reference_pairs", &["reference_exact", "reference_near"]),
+            ],
             StageName::SampleLabels => &[CountRule::Rows(&["labelled", "holdout"], "labels")],
             StageName::Embed => &[CountRule::Rows(&["images"], "features")],
             StageName::PseudoLabel => &[CountRule::Rows(&["images"], "pseudo_labels")],
+            // Every images row is a training row or a reject (a duplicate
+            // dropped with `--duplicates`).
             StageName::Shard => &[
                 CountRule::Rows(&["images"], "train"),
                 CountRule::Sum("images", &["labelled", "unlabelled"]),
+                CountRule::Rows(&["dropped"], "rejects"),
+                CountRule::Sum("seen", &["images", "dropped"]),
+                CountRule::Sum("dropped", &["dropped_reference", "dropped_within"]),
             ],
             StageName::Pretrain | StageName::TrainGan | StageName::Evaluate => &[],
         }

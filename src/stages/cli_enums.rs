@@ -5,7 +5,7 @@
 //! names (a test holds the two spellings together).
 use clap::builder::PossibleValue;
 
-use crate::codec::{Codec, JpegScaling, PngCompression};
+use crate::codec::{Codec, Filter, JpegScaling, PngCompression, Resize};
 use crate::device::DeviceChoice;
 use crate::gan::modes::GanMode;
 use crate::kmeans::{Backend, Init};
@@ -41,8 +41,24 @@ value_enum!(PngCompression {
 });
 
 value_enum!(JpegScaling {
-    Auto => "auto": "Scale in the DCT domain when the shorter side stays >= the target size",
+    Auto => "auto": "Scale in the DCT domain while the decode still covers the target size (no upscaling)",
     Off => "off": "Always decode at full size",
+});
+
+value_enum!(Resize {
+    Crop => "crop": "The centred square of the shorter side (the default)",
+    Pad => "pad": "The whole image inside the square, centred, on a --pad-color border",
+    Squash => "squash": "The whole image resized to the square, aspect ratio not kept",
+});
+
+value_enum!(Filter {
+    Box => "box": "Equal weights over the pixels each output pixel covers",
+    Bilinear => "bilinear": "Triangle filter, PIL's BILINEAR (the default; what prepare always used)",
+    Hamming => "hamming": "Hamming window: bicubic-like sharpness at bilinear's cost",
+    CatmullRom => "catmull-rom": "Catmull-Rom cubic, PIL's BICUBIC",
+    Mitchell => "mitchell": "Mitchell-Netravali cubic: softer than Catmull-Rom",
+    Gaussian => "gaussian": "Gaussian, standard deviation 0.5",
+    Lanczos3 => "lanczos3": "Lanczos with 3 lobes, PIL's LANCZOS",
 });
 
 value_enum!(DeviceChoice {
@@ -115,6 +131,8 @@ mod tests {
         same_names::<Codec>();
         same_names::<PngCompression>();
         same_names::<JpegScaling>();
+        same_names::<Resize>();
+        same_names::<Filter>();
         same_names::<DeviceChoice>();
         same_names::<GanMode>();
         same_names::<Init>();

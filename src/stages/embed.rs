@@ -20,7 +20,7 @@ use crate::manifest::Manifest;
 use crate::models::resnet::SavedModel;
 use crate::progress;
 use crate::shard::stored::{self, StoredImage};
-use crate::shard::{image_bytes, schema, shard_schema, table_files, TableReader, TableWriter};
+use crate::shard::{image_bytes, schema, table_files, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
 use crate::stages::{tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 use crate::train::loader::{Loader, LoaderConfig};
@@ -218,12 +218,7 @@ pub fn pixel_feature(
 
 fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()> {
     let m = Manifest::read_complete(images, StageName::Prepare)?;
-    let total: u64 = m
-        .outputs
-        .iter()
-        .filter(|o| o.path.starts_with("images-"))
-        .filter_map(|o| o.rows)
-        .sum();
+    let total = tables::table_rows(&m, "images");
     let size = params.pixels_size;
     let dim = (size * size) as usize
         * match params.pixels_color {
@@ -236,16 +231,11 @@ fn embed_pixels(images: &Path, params: &Params, run: &mut StageRun) -> Result<()
     bar.set_prefix(StageName::Embed.as_str());
     let t0 = std::time::Instant::now();
     let mut rows = 0u64;
-    let format = match table_files(images, &m, "images").first() {
-        Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
-        None => None,
-    };
+    let format = tables::stored_image(images, &m, "images")?;
     for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "image"])) {
         let batch = batch?;
         let ids = tables::u64_column(&batch, "id", images)?;
-        let col = batch
-            .column_by_name("image")
-            .ok_or_else(|| Error::file(images, "has no `image` column"))?;
+        let col = tables::image_column(&batch, images)?;
         let n = batch.num_rows();
         // Decoding is independent per row; collect keeps row order, so the
         // output does not depend on the thread count.

@@ -27,6 +27,7 @@ use crate::progress::{self, Outcome};
 use crate::stage::{run_stage_on, Input, StageName, StageRun};
 
 pub mod cli_enums;
+pub mod duplicates;
 pub mod embed;
 pub mod evaluate;
 pub mod prepare;
@@ -508,8 +509,9 @@ impl<S: Stage> AnyStage for Entry<S> {
 }
 
 /// Every stage, in run order.
-pub static REGISTRY: [&dyn AnyStage; 8] = [
+pub static REGISTRY: [&dyn AnyStage; 9] = [
     &Entry::<prepare::Prepare>(PhantomData),
+    &Entry::<duplicates::Duplicates>(PhantomData),
     &Entry::<sample_labels::SampleLabels>(PhantomData),
     &Entry::<pretrain::Pretrain>(PhantomData),
     &Entry::<embed::Embed>(PhantomData),

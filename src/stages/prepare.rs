@@ -35,7 +35,9 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, U
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, Codec, JpegScaling, PngCompression, Prepared};
+use crate::codec::{
+    self, Codec, Color, Filter, Geometry, JpegScaling, PngCompression, Prepared, Resize,
+};
 use crate::error::{Error, Result, ResultExt};
 use crate::input::{self, Bytes, Item, Listing};
 use crate::manifest::Manifest;
@@ -55,9 +57,20 @@ pub struct Params {
     /// tars), list file (.csv/.parquet with `path[,label]`) or IDX images file.
     #[arg(long)]
     pub input: PathBuf,
-    /// Side of the square output images (centre crop, then resize).
+    /// Side of the square output images (made by --resize).
     #[arg(long, default_value_t = 128)]
     pub size: u32,
+    /// How an image of any shape becomes the square: the centred square of
+    /// its shorter side (crop), the whole image inside the square on a
+    /// --pad-color border (pad), or the whole image stretched (squash).
+    #[arg(long, value_enum, default_value_t = Resize::Crop)]
+    pub resize: Resize,
+    /// The border colour of `--resize pad`: #rrggbb, R,G,B or black, white, gray.
+    #[arg(long, default_value_t = Color::BLACK)]
+    pub pad_color: Color,
+    /// The resampling filter (fast_image_resize's; anti-aliased when downscaling).
+    #[arg(long, value_enum, default_value_t = Filter::Bilinear)]
+    pub filter: Filter,
     /// How images are stored.
     #[arg(long, value_enum, default_value_t = Codec::Png)]
     pub codec: Codec,
@@ -103,6 +116,9 @@ impl Default for Params {
         Params {
             input: PathBuf::new(),
             size: 128,
+            resize: Resize::Crop,
+            pad_color: Color::BLACK,
+            filter: Filter::Bilinear,
             codec: Codec::Png,
             quality: 90,
             png_compression: PngCompression::Fast,
@@ -192,6 +208,15 @@ impl Stage for Prepare {
         } else {
             merge_body(run, slices)
         }
+    }
+}
+
+/// How the squares are made, as the codec takes it and the images table records it.
+fn geometry(p: &Params) -> Geometry {
+    Geometry {
+        resize: p.resize,
+        filter: p.filter,
+        pad_color: p.pad_color,
     }
 }
 
@@ -423,6 +448,7 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
         max_pixels: params.max_pixels,
         jpeg_scaling: params.jpeg_scaling,
         png_compression: params.png_compression,
+        geometry: geometry(params),
     };
     let t = Instant::now();
     let spin = progress::spinner("inputs listed");
@@ -452,7 +478,10 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
         },
         size: params.size,
     };
-    let images_schema = stored.attach(&schema::images(&names));
+    let images_schema = stored.attach(&schema::with_geometry(
+        &schema::images(&names),
+        &geometry(params),
+    ));
     let range = |k: usize| (k * r).min(n)..((k + 1) * r).min(n);
 
     // Finished chunks of an interrupted identical attempt are kept.

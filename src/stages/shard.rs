@@ -6,12 +6,19 @@
 //! labelled subset; the rest unlabelled, for co-training) or from the
 //! images' own labels (the fully supervised baseline).
 //!
+//! With `--duplicates DIR` (a finished `duplicates` stage of these images),
+//! the duplicates `--drop-duplicates` names are left out: every row that
+//! duplicates a reference image, and of each group of duplicates inside
+//! the table all but one (see [`drops`]). They go to `rejects-*.arrow`
+//! (schema [`schema::shard_rejects`]) with the reason; seen = images +
+//! dropped, always.
+//!
 //! The shuffle is a seeded permutation of the image ids. Memory stays
 //! bounded by writing in two passes: the images are scattered into at most
 //! 64 scratch buckets by their output position, then each bucket is sorted
 //! and cut into final shards. A re-run of an interrupted attempt keeps the
 //! final shards it finished and only rebuilds the rest.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,6 +39,7 @@ use crate::progress;
 use crate::shard::stored::StoredImage;
 use crate::shard::{schema, shard_schema, ShardFile, TableReader, TableWriter};
 use crate::stage::{StageName, StageRun};
+use crate::stages::duplicates::{read_pairs, DuplicateRow};
 use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage, IMAGES};
 
 const NAME: StageName = StageName::Shard;
@@ -59,6 +67,10 @@ pub struct Params {
     /// Rows per training shard file.
     #[arg(long, default_value_t = 10_000)]
     pub rows_per_shard: usize,
+    /// With --duplicates: which duplicates to leave out of the shards (into
+    /// `rejects`). Without --duplicates nothing is dropped.
+    #[arg(long, value_enum, default_value_t = DropDuplicates::All)]
+    pub drop_duplicates: DropDuplicates,
 }
 
 impl Default for Params {
@@ -66,7 +78,31 @@ impl Default for Params {
         Params {
             seed: 0,
             rows_per_shard: 10_000,
+            drop_duplicates: DropDuplicates::All,
         }
+    }
+}
+
+/// Which rows of a `duplicates` table `shard` leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum DropDuplicates {
+    /// Both of the below.
+    All,
+    /// Of each group of duplicates inside the images table, all rows but one.
+    Within,
+    /// Every row that duplicates a reference image (the FID set).
+    Reference,
+    /// None: the table is only a report.
+    None,
+}
+
+impl DropDuplicates {
+    fn within(self) -> bool {
+        matches!(self, DropDuplicates::All | DropDuplicates::Within)
+    }
+    fn reference(self) -> bool {
+        matches!(self, DropDuplicates::All | DropDuplicates::Reference)
     }
 }
 
@@ -86,12 +122,17 @@ pub const SUBSET: Slot = Slot::optional(
     StageName::SampleLabels,
     "The labelled subset from `sample-labels` (the rest unlabelled).",
 );
+pub const DUPLICATES: Slot = Slot::optional(
+    "duplicates",
+    StageName::Duplicates,
+    "A `duplicates` folder of these images: the duplicates --drop-duplicates names are left out, into rejects.",
+);
 
 impl Stage for Shard {
     const NAME: StageName = StageName::Shard;
     const ABOUT: &'static str = "Join images and labels into shuffled training shards.";
     const OUTPUT: &'static str = "Where `train/` goes.";
-    const SLOTS: &'static [Slot] = &[IMAGES, PSEUDO_LABELS, SUBSET];
+    const SLOTS: &'static [Slot] = &[IMAGES, PSEUDO_LABELS, SUBSET, DUPLICATES];
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {
@@ -99,7 +140,13 @@ impl Stage for Shard {
     }
 
     fn run(dirs: &RunDirs, params: &Params, _: &Exec, run: &mut StageRun) -> Result<()> {
-        body(dirs.need(&IMAGES)?, label_source(dirs), params, run)
+        body(
+            dirs.need(&IMAGES)?,
+            label_source(dirs),
+            dirs.get(&DUPLICATES),
+            params,
+            run,
+        )
     }
 }
 
@@ -223,11 +270,143 @@ fn scratch_schema() -> SchemaRef {
     ]))
 }
 
-fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut StageRun) -> Result<()> {
+/// Why a row is left out, and whether for the reference.
+struct Dropped {
+    reference: bool,
+    reason: String,
+}
+
+/// The rows to leave out, by id, from the pairs of a `duplicates` table
+/// (sorted by id, as it is written):
+/// - `reference`: every row with a pair in the reference, named by its
+///   closest reference row;
+/// - `within`: greedily in id order, a row is kept unless it duplicates a
+///   row already kept. So the kept rows hold no two duplicates of each
+///   other, and every dropped row names a row it duplicates. A row sharing
+///   its pHash with an earlier row (a distance-0 pair: the table pairs
+///   such copies with their group's first row only) is always dropped:
+///   its group keeps that first row, or nothing when that row went for
+///   duplicating a kept one (then so does this copy, at the same distance).
+fn drops(pairs: &[DuplicateRow], policy: DropDuplicates) -> BTreeMap<u64, Dropped> {
+    let mut out: BTreeMap<u64, Dropped> = BTreeMap::new();
+    let closest = |rows: &[&DuplicateRow]| -> Option<DuplicateRow> {
+        rows.iter()
+            .min_by_key(|r| (r.distance, r.other_id))
+            .map(|r| (*r).clone())
+    };
+    let describe = |r: &DuplicateRow, table: &str| {
+        let what = if r.exact {
+            "exact duplicate"
+        } else {
+            "near-duplicate"
+        };
+        format!(
+            "{what} of {table}row {} (distance {})",
+            r.other_id, r.distance
+        )
+    };
+    let by_id = |reference: bool| -> Vec<Vec<&DuplicateRow>> {
+        let rows: Vec<&DuplicateRow> = pairs.iter().filter(|r| r.reference == reference).collect();
+        rows.chunk_by(|a, b| a.id == b.id)
+            .map(|c| c.to_vec())
+            .collect()
+    };
+    if policy.reference() {
+        for rows in by_id(true) {
+            if let Some(r) = closest(&rows) {
+                let reason = describe(&r, "reference ");
+                out.insert(
+                    r.id,
+                    Dropped {
+                        reference: true,
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+    if policy.within() {
+        for rows in by_id(false) {
+            let id = rows[0].id;
+            if out.contains_key(&id) {
+                continue;
+            }
+            let against: Vec<&DuplicateRow> = rows
+                .into_iter()
+                .filter(|r| r.distance == 0 || !out.contains_key(&r.other_id))
+                .collect();
+            if let Some(r) = closest(&against) {
+                let reason = describe(&r, "");
+                out.insert(
+                    id,
+                    Dropped {
+                        reference: false,
+                        reason,
+                    },
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Writes `train/rejects-00000.arrow`: the dropped rows with their images
+/// path and reason, by id.
+fn write_rejects(
+    images: &Path,
+    im: &Manifest,
+    dropped: &BTreeMap<u64, Dropped>,
+    run: &mut StageRun,
+) -> Result<()> {
+    let mut paths: HashMap<u64, String> = HashMap::new();
+    for batch in TableReader::from_manifest(images, im, "images", Some(&["id", "path"])) {
+        let batch = batch?;
+        let id = tables::u64_column(&batch, "id", images)?;
+        let path = tables::str_column(&batch, "path", images)?;
+        for i in 0..batch.num_rows() {
+            if dropped.contains_key(&id.value(i)) {
+                paths.insert(id.value(i), path.value(i).to_string());
+            }
+        }
+    }
+    let ids: Vec<u64> = dropped.keys().copied().collect();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(UInt64Array::from(ids.clone())),
+        Arc::new(StringArray::from_iter_values(
+            ids.iter()
+                .map(|id| paths.get(id).map(String::as_str).unwrap_or("")),
+        )),
+        Arc::new(StringArray::from_iter_values(
+            dropped.values().map(|d| d.reason.as_str()),
+        )),
+    ];
+    let schema = schema::shard_rejects();
+    let batch = RecordBatch::try_new(schema.clone(), cols).at(&run.dir)?;
+    let name = TableWriter::shard_name("rejects", 0);
+    let mut f = ShardFile::create(run.dir.join(&name), &schema)?;
+    f.write(&batch)?;
+    let rows = f.finish()?;
+    run.add_output(name, Some(rows))
+}
+
+fn body(
+    images: &Path,
+    source: LabelSource<'_>,
+    duplicates: Option<&Path>,
+    params: &Params,
+    run: &mut StageRun,
+) -> Result<()> {
     let t0 = std::time::Instant::now();
     let im = Manifest::read_complete(images, StageName::Prepare)?;
     let mut ids = tables::read_ids(images, &im, "images")?;
     let join = label_join(images, &im, source, &ids)?;
+    let dropped = match duplicates {
+        Some(dir) => drops(
+            &read_pairs(dir, Some((images, &im)))?.1,
+            params.drop_duplicates,
+        ),
+        None => BTreeMap::new(),
+    };
     // The permutation: sorted ids shuffled by the seed.
     ids.sort_unstable();
     if ids.windows(2).any(|w| w[0] == w[1]) {
@@ -236,7 +415,9 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
             "image ids are not unique; re-run `prepare`",
         ));
     }
+    let seen = ids.len() as u64;
     let mut order = ids;
+    order.retain(|id| !dropped.contains_key(id));
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(params.seed));
     let n = order.len();
     let pos: HashMap<u64, u64> = order
@@ -272,6 +453,7 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
         run.count("images", 0u64);
         run.count("labelled", 0u64);
         run.count("unlabelled", 0u64);
+        drop_counts(images, &im, seen, &dropped, run)?;
         return Ok(());
     }
 
@@ -296,7 +478,9 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); n_buckets];
         let mut ps: Vec<Vec<u64>> = vec![Vec::new(); n_buckets];
         for i in 0..batch.num_rows() {
-            let p = pos[&idc.value(i)];
+            let Some(&p) = pos.get(&idc.value(i)) else {
+                continue; // a dropped duplicate
+            };
             let s = p as usize / rps;
             if done[s] {
                 continue;
@@ -425,5 +609,25 @@ fn body(images: &Path, source: LabelSource<'_>, params: &Params, run: &mut Stage
     run.count("shards", n_shards as u64);
     run.count("classes", join.names.len() as u64);
     run.count("resumed_shards", done.iter().filter(|d| **d).count() as u64);
+    drop_counts(images, &im, seen, &dropped, run)
+}
+
+/// The rejects table (when anything was dropped) and the counts that
+/// account for every images row: seen = images + dropped.
+fn drop_counts(
+    images: &Path,
+    im: &Manifest,
+    seen: u64,
+    dropped: &BTreeMap<u64, Dropped>,
+    run: &mut StageRun,
+) -> Result<()> {
+    if !dropped.is_empty() {
+        write_rejects(images, im, dropped, run)?;
+    }
+    let reference = dropped.values().filter(|d| d.reference).count() as u64;
+    run.count("seen", seen);
+    run.count("dropped", dropped.len() as u64);
+    run.count("dropped_reference", reference);
+    run.count("dropped_within", dropped.len() as u64 - reference);
     Ok(())
 }

@@ -7,6 +7,7 @@ use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt64
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
+use crate::shard::stored::StoredImage;
 use crate::shard::{schema, shard_schema, table_files, TableReader};
 
 /// Column `name` of `batch` as `T`, or an error naming the table.
@@ -32,6 +33,32 @@ pub fn i64_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'
 
 pub fn str_column<'a>(b: &'a RecordBatch, name: &str, table: &Path) -> Result<&'a StringArray> {
     column::<StringArray>(b, name, table)
+}
+
+/// The `image` column of a batch of an images table.
+pub fn image_column<'a>(b: &'a RecordBatch, table: &Path) -> Result<&'a ArrayRef> {
+    b.column_by_name("image")
+        .ok_or_else(|| Error::file(table, "has no `image` column"))
+}
+
+/// The rows of table `name` (`NAME-*.arrow`) a finished stage's manifest lists.
+pub fn table_rows(manifest: &Manifest, name: &str) -> u64 {
+    let prefix = format!("{name}-");
+    manifest
+        .outputs
+        .iter()
+        .filter(|o| o.path.starts_with(&prefix))
+        .filter_map(|o| o.rows)
+        .sum()
+}
+
+/// How the images of table `name` of a finished stage are stored (from its
+/// first file's metadata; `None` for a table written before it was recorded).
+pub fn stored_image(dir: &Path, manifest: &Manifest, name: &str) -> Result<Option<StoredImage>> {
+    match first_file(dir, manifest, name) {
+        Some(f) => Ok(StoredImage::from_schema(shard_schema(&f)?.as_ref())),
+        None => Ok(None),
+    }
 }
 
 /// The first file of table `name` of a finished stage.

@@ -47,6 +47,47 @@ pub fn photos() -> PathBuf {
     PathBuf::from(setup_var("FEWLABELS_PHOTOS"))
 }
 
+/// The 20 ImageNet photos (512x512 JPEGs), sorted by name.
+pub fn imagenet_photos() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(photos())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.starts_with("imagenet_") && n.ends_with(".jpg")
+        })
+        .collect();
+    v.sort();
+    assert_eq!(v.len(), 20, "the 20 foolbox photos in {:?}", photos());
+    v
+}
+
+/// `img` encoded as a baseline JPEG at `quality` by the `image` crate (the
+/// same bytes on every machine with this Cargo.lock).
+pub fn jpeg_bytes(img: &image::RgbImage, quality: u8) -> Vec<u8> {
+    use image::ImageEncoder;
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    out
+}
+
+/// Asserts a one-line error on stderr, exit status `code`, holding every one of `words`.
+pub fn one_line_error(o: &Output, code: i32, words: &[&str]) {
+    assert_eq!(o.status.code(), Some(code), "{}", text(o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for w in words {
+        assert!(err.contains(w), "`{w}` not in: {err}");
+    }
+}
+
 /// Fashion-MNIST's class names, in label order.
 pub const FASHION_CLASSES: [&str; 10] = [
     "T-shirt/top",
