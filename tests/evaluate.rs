@@ -484,7 +484,22 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     }
     let csv = fs::read_to_string(out.join("label_efficiency.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
-    assert!(csv.contains(",biggan,1.0000,2,2,20,"), "{csv}");
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let biggan: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+    let field = |name: &str| biggan[header.iter().position(|h| *h == name).expect(name)];
+    for (name, value) in [
+        ("mode", "biggan"),
+        ("label_fraction", "1.0000"),
+        ("steps", "2"),
+        ("runs", "2"),
+        ("samples_per_run", "20"),
+    ] {
+        assert_eq!(field(name), value, "{name}: {csv}");
+    }
+    assert!(
+        field("train_seconds").parse::<f64>().unwrap() > 0.0,
+        "{csv}"
+    );
     let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
     assert!(
         md.contains(&format!("| s3gan | {:.1}% |", 100.0 * half_fraction)),

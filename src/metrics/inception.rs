@@ -136,7 +136,10 @@ impl Inception {
         // project's 2-core CPU (BENCHMARKS.md, evaluate), the same features
         // to ~1e-6. Not measured on CUDA, where the input stays as it is.
         let input = if self.device == Device::Cpu && input.dim() == 4 {
-            input.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+            input
+                .permute([0, 2, 3, 1])
+                .contiguous()
+                .permute([0, 3, 1, 2])
         } else {
             input
         };
