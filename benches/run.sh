@@ -5,7 +5,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 status=0
-for area in ${1:-prepare duplicates kmeans pretrain gan evaluate order distributed}; do
+for area in ${1:-prepare duplicates kmeans pretrain gan evaluate order distributed label_efficiency}; do
   if [ -x "$area/run.sh" ]; then
     echo "== $area"
     "$area/run.sh" || { echo "bench $area failed" >&2; status=1; }

@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# Issue 16: the paper's label-efficiency table on real data. Fashion-MNIST at
+# 32x32 through the real stages, every labelling route of the paper with the
+# same G/D width, steps, batch, learning rates and seed, scored in one
+# `evaluate` against the 10,000 test images (FID, KID, precision/recall,
+# class consistency by an independent classifier):
+#   biggan         100% of the labels                       (seeds 0 and 1)
+#   s3gan          10% (seeds 0 and 1), 2.5%, 20%           co-training + rotation in D
+#   s2gan-co       10%                                      co-training in D
+#   s2gan          10%  pseudo-labels from an S2L-pretrained classifier
+#   clustering     0%   k-means (k = 10) on rotation-pretrained features
+#   unconditional  0%
+#
+#   benches/label_efficiency/run.sh            (~2 h on 2 cores; `make bench` runs it)
+# Environment: BENCH_OUT (runs/bench-label-efficiency), THREADS (2),
+# STEPS, CH, BATCH, LR_G, LR_D, D_STEPS, EMA_START (the GAN recipe, below),
+# SAMPLES (2000 per GAN), PRETRAIN_STEPS (700, as the demo), JUDGE_STEPS (3000),
+# REFERENCE_LIMIT (0: all 10,000 test images), ROWS (all; e.g. "biggan-100 s3gan-10").
+# Prints the table; writes $BENCH_OUT/eval/label_efficiency.md and .csv, one
+# grid per row in $BENCH_OUT/grids/, and the wall time of every command in
+# $BENCH_OUT/times.tsv.
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$top"
+. benches/env.sh
+out=${BENCH_OUT:-$top/runs/bench-label-efficiency}
+threads=${THREADS:-2}
+# The recipe every row shares (issue 16: what a 2-core CPU can train in
+# minutes). compare_gan's learning rates (G 1e-4, D 5e-4) are tuned for
+# batch 2048 and 250k steps; at a few hundred steps they leave every row of
+# the grid the same garment. G 1e-3 / D 2e-3 does better still for the modes
+# given labels (the demo's s2gan), but s3gan's D stopped learning at it
+# (BENCHMARKS.md, "A CPU recipe"), so every row here runs at G 5e-4 / D 1e-3.
+steps=${STEPS:-800}
+ch=${CH:-8}
+batch=${BATCH:-32}
+lr_g=${LR_G:-5e-4}
+lr_d=${LR_D:-1e-3}
+d_steps=${D_STEPS:-2}
+ema_start=${EMA_START:-$((steps / 2))}
+samples=${SAMPLES:-2000}
+pretrain_steps=${PRETRAIN_STEPS:-700}
+judge_steps=${JUDGE_STEPS:-3000}
+reference_limit=${REFERENCE_LIMIT:-0}
+rows=${ROWS:-"biggan-100 biggan-100-seed1 s3gan-10 s3gan-10-seed1 s2gan-co-10 s2gan-10 clustering-0 unconditional-0 s3gan-2.5 s3gan-20"}
+mkdir -p "$out/grids"
+bench_build
+fl="$FL_BIN --quiet"
+fm=$FEWLABELS_FASHION_MNIST
+names="T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot"
+
+# Runs a command once (its output folder's manifest makes a re-run a no-op)
+# and records its wall time.
+timed() {
+  local what=$1; shift
+  local t0 t1
+  t0=$(date +%s.%N)
+  "$@"
+  t1=$(date +%s.%N)
+  printf '%s\t%.1f\n' "$what" "$(echo "$t1 - $t0" | bc)" >> "$out/times.tsv"
+}
+
+# 1. Data: the 60,000 training images and the 10,000 test images (the FID reference).
+bench_fmnist_images "$out/images"
+$fl prepare --input "$fm/t10k-images-idx3-ubyte.gz" --size 32 --class-names "$names" --output "$out/reference"
+for f in 1 0.2 0.1 0.025; do
+  $fl sample-labels --images "$out/images" --fraction "$f" --seed 0 --output "$out/labels-$f"
+done
+
+# 2. The judge of class consistency: a classifier trained on 95% of the
+# training labels (5% held out), the same for every row and independent of
+# all of them.
+$fl sample-labels --images "$out/images" --fraction 0.95 --holdout 0.05 --seed 1 --output "$out/judge-labels"
+timed judge $fl pretrain --images "$out/images" --labels "$out/judge-labels" --output "$out/judge" \
+  --arch micro --objective supervised --steps "$judge_steps" --schedule cosine --eval-every 1000 \
+  --checkpoint-every 1000 --device cpu --threads "$threads"
+
+# 3. Training tables for each route.
+$fl shard --images "$out/images" --output "$out/train-true"
+for f in 0.2 0.1 0.025; do
+  $fl shard --images "$out/images" --labels "$out/labels-$f" --output "$out/train-subset-$f"
+done
+# S2GAN: rotation + linear head (S2L) on 10% of the labels, classifier pseudo-labels.
+timed pretrain-s2l $fl pretrain --images "$out/images" --labels "$out/labels-0.1" --output "$out/pretrain-s2l" \
+  --arch micro --objective s2l --steps "$pretrain_steps" --batch-size 16 --labelled-batch-size 64 \
+  --device cpu --threads "$threads"
+timed embed-s2l $fl embed --images "$out/images" --model "$out/pretrain-s2l" --output "$out/features-s2l" --threads "$threads"
+timed pseudo-label-s2l $fl pseudo-label --method classifier --features "$out/features-s2l" --labels "$out/labels-0.1" \
+  --images "$out/images" --output "$out/pseudo-s2l"
+$fl shard --images "$out/images" --pseudo-labels "$out/pseudo-s2l" --output "$out/train-s2gan"
+# Clustering: rotation only (no labels), k-means with k = 10.
+timed pretrain-rotation $fl pretrain --images "$out/images" --output "$out/pretrain-rotation" \
+  --arch micro --objective rotation --steps "$pretrain_steps" --batch-size 16 --device cpu --threads "$threads"
+timed embed-rotation $fl embed --images "$out/images" --model "$out/pretrain-rotation" --output "$out/features-rotation" --threads "$threads"
+timed pseudo-label-kmeans $fl pseudo-label --method kmeans --clusters 10 --features "$out/features-rotation" \
+  --images "$out/images" --output "$out/pseudo-kmeans"
+$fl shard --images "$out/images" --pseudo-labels "$out/pseudo-kmeans" --output "$out/train-clustering"
+
+# 4. The GANs: one recipe, one row each.
+gan() {  # ROW DATA MODE SEED
+  local row=$1 data=$2 mode=$3 seed=$4
+  case " $rows " in *" $row "*) ;; *) return 0 ;; esac
+  timed "gan $row" $fl train-gan --data "$out/$data" --output "$out/gan/$row" --mode "$mode" --seed "$seed" \
+    --resolution 32 --ch "$ch" --batch-size "$batch" --accumulation 1 --d-steps "$d_steps" \
+    --lr-g "$lr_g" --lr-d "$lr_d" --steps "$steps" --ema-decay 0.99 --ema-start "$ema_start" \
+    --sample-every 100 --checkpoint-every "$steps" --log-every 20 --device cpu --threads "$threads"
+  cp "$(ls "$out/gan/$row/samples/"step-*.png | tail -1)" "$out/grids/$row.png"
+  gans+=(--gan "$out/gan/$row")
+}
+gans=()
+gan biggan-100 train-true biggan 0
+gan biggan-100-seed1 train-true biggan 1
+gan s3gan-10 train-subset-0.1 s3gan 0
+gan s3gan-10-seed1 train-subset-0.1 s3gan 1
+gan s2gan-co-10 train-subset-0.1 s2gan-co 0
+gan s2gan-10 train-s2gan s2gan 0
+gan clustering-0 train-clustering clustering 0
+gan unconditional-0 train-true unconditional 0
+gan s3gan-2.5 train-subset-0.025 s3gan 0
+gan s3gan-20 train-subset-0.2 s3gan 0
+
+# 5. One evaluation of every row against the 10,000 test images.
+rm -rf "$out/eval"
+timed evaluate $fl evaluate "${gans[@]}" --reference "$out/reference" --class-model "$out/judge" \
+  --output "$out/eval" --num-samples "$samples" --repeats 1 --reference-limit "$reference_limit" \
+  --device cpu --threads "$threads"
+cat "$out/eval/label_efficiency.md"
+echo "classifier (judge) accuracy on the test images: $(jq -r '.classifier_accuracy.accuracy' "$out/eval/scores.json")"
+cat "$out/times.tsv"
