@@ -290,6 +290,8 @@ struct RunScores {
     precision: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recall: Option<f64>,
+    /// Time the k-NN distances took (part of `seconds`).
+    precision_recall_seconds: f64,
     samples: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     class_consistency: Option<f64>,
@@ -720,7 +722,9 @@ fn scores_from_parts(
         params.kid_subset_size,
         seed,
     )?;
+    let t_pr = Instant::now();
     let pr = precision_recall_of(ref_features, features, params, seed)?;
+    let precision_recall_seconds = t_pr.elapsed().as_secs_f64();
     Ok(RunScores {
         fid,
         kid,
@@ -729,6 +733,7 @@ fn scores_from_parts(
         is_std: is.map(|v| v.1),
         precision: pr.map(|p| p.precision),
         recall: pr.map(|p| p.recall),
+        precision_recall_seconds,
         samples: g.n,
         class_consistency: None,
         cluster_purity: None,
