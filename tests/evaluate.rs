@@ -378,8 +378,14 @@ fn fid_kid_and_is_match_numpy_on_the_same_features() {
     }
     // Precision and recall are counts of 60 images: one probe right on a
     // ball's rim may fall either way in float32 and float64.
-    for (name, (o, p)) in ["precision", "recall"].iter().zip(ours[4..].iter().zip(&peer[4..])) {
-        assert!((o - p).abs() <= 1.0 / 60.0 + 1e-9, "{name}: ours {o} vs NumPy {p}");
+    for (name, (o, p)) in ["precision", "recall"]
+        .iter()
+        .zip(ours[4..].iter().zip(&peer[4..]))
+    {
+        assert!(
+            (o - p).abs() <= 1.0 / 60.0 + 1e-9,
+            "{name}: ours {o} vs NumPy {p}"
+        );
     }
     assert!(ours[2] > 1.0 && ours[2] <= 10.0, "IS within [1, classes]");
 }
