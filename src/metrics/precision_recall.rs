@@ -26,14 +26,15 @@ use crate::error::{Error, Result};
 /// Rows of the first operand per distance block.
 const BLOCK_ROWS: i64 = 1024;
 
-/// Precision and recall of `fake` against `real` (both [N, D] features),
-/// with neighbourhood size `k`.
+/// Improved precision and recall of a generated set against a real one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PrecisionRecall {
     pub precision: f64,
     pub recall: f64,
 }
 
+/// Precision and recall of `fake` against `real` (both [N, D] features),
+/// with neighbourhood size `k`.
 pub fn precision_recall(real: &Tensor, fake: &Tensor, k: i64) -> Result<PrecisionRecall> {
     let (real, fake) = (features(real, "real")?, features(fake, "generated")?);
     if real.size()[1] != fake.size()[1] {
@@ -68,8 +69,8 @@ fn features(t: &Tensor, what: &str) -> Result<Tensor> {
 
 /// The fraction of `probes` inside the manifold of `manifold` (k-NN balls).
 fn coverage(manifold: &Tensor, probes: &Tensor, k: i64) -> f64 {
-    let radii = knn_radii(manifold, k);
     let norms = squared_norms(manifold);
+    let radii = knn_radii(manifold, &norms, k);
     let mut inside = 0i64;
     for block in probes.split(BLOCK_ROWS, 0) {
         let d = distances(&block, manifold, &norms);
@@ -83,13 +84,13 @@ fn coverage(manifold: &Tensor, probes: &Tensor, k: i64) -> f64 {
     inside as f64 / probes.size()[0] as f64
 }
 
-/// Distance from each row of `x` to its k-th nearest other row. [N, D] -> [N]
-fn knn_radii(x: &Tensor, k: i64) -> Tensor {
-    let norms = squared_norms(x);
+/// Distance from each row of `x` to its k-th nearest other row, given
+/// `x`'s squared norms. [N, D] -> [N]
+fn knn_radii(x: &Tensor, norms: &Tensor, k: i64) -> Tensor {
     let radii: Vec<Tensor> = x
         .split(BLOCK_ROWS, 0)
         .iter()
-        .map(|block| distances(block, x, &norms).kthvalue(k + 1, 1, false).0)
+        .map(|block| distances(block, x, norms).kthvalue(k + 1, 1, false).0)
         .collect();
     Tensor::cat(&radii, 0)
 }

@@ -761,21 +761,17 @@ fn precision_recall_of(
         ));
         return Ok(None);
     }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
-    let mut subset = |t: &Tensor, n: i64, at_most: usize| -> Tensor {
-        let m = (at_most as i64).min(n);
-        if m == n {
-            return t.shallow_clone();
+    let subset = |t: &Tensor, at_most: usize| -> Tensor {
+        match sampled_rows(t.size()[0] as usize, at_most, seed ^ 0x9e37_79b9_7f4a_7c15) {
+            None => t.shallow_clone(),
+            Some(rows) => {
+                let idx: Vec<i64> = rows.into_iter().map(|i| i as i64).collect();
+                t.index_select(0, &Tensor::from_slice(&idx))
+            }
         }
-        let mut idx: Vec<i64> = rand::seq::index::sample(&mut rng, n as usize, m as usize)
-            .into_iter()
-            .map(|i| i as i64)
-            .collect();
-        idx.sort_unstable();
-        t.index_select(0, &Tensor::from_slice(&idx))
     };
-    let real = subset(ref_features, nr, params.pr_reference);
-    let fake = subset(features, nf, params.pr_samples);
+    let real = subset(ref_features, params.pr_reference);
+    let fake = subset(features, params.pr_samples);
     precision_recall(&real, &fake, k).map(Some)
 }
 
@@ -965,11 +961,11 @@ pub fn stats_cache_dir() -> PathBuf {
     root.join(STATS_DIR)
 }
 
-/// The rows statistics of a table use: all, or a seeded uniform sample of
-/// `limit` of them (a fixed seed: the cache must not depend on `--seed`).
-fn sampled_rows(rows: usize, limit: usize) -> Option<BTreeSet<usize>> {
+/// The rows of a set to use: all (None), or a uniform sample of `limit` of
+/// them drawn with `seed`.
+fn sampled_rows(rows: usize, limit: usize, seed: u64) -> Option<BTreeSet<usize>> {
     (limit < rows).then(|| {
-        let mut rng = ChaCha8Rng::seed_from_u64(CACHE_RESERVOIR_SEED);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rand::seq::index::sample(&mut rng, rows, limit)
             .into_iter()
             .collect()
@@ -1002,7 +998,8 @@ fn table_stats_cached(
         ));
         return Ok(cached);
     }
-    let picked = sampled_rows(table.rows, limit);
+    // A fixed seed: the cache must not depend on `--seed`.
+    let picked = sampled_rows(table.rows, limit, CACHE_RESERVOIR_SEED);
     let acc = table_accumulate(
         table,
         picked.as_ref(),
@@ -1205,7 +1202,8 @@ fn judge_table(
     judge: &ClassJudge,
     params: &Params,
 ) -> Result<Confusion> {
-    let picked = sampled_rows(table.rows, limit);
+    // The statistics' fixed seed: the same images whatever `--seed`.
+    let picked = sampled_rows(table.rows, limit, CACHE_RESERVOIR_SEED);
     let format = match table.files.first() {
         Some(f) => StoredImage::from_schema(shard_schema(f)?.as_ref()),
         None => None,
@@ -1342,6 +1340,10 @@ fn markdown_table(all: &[SourceScores]) -> String {
             (Some(m), Some(sd)) => pm(m, sd, 2, 2),
             _ => "-".to_string(),
         };
+        let opt = |m: Option<f64>, sd: Option<f64>| match (m, sd) {
+            (Some(m), Some(sd)) => pm(m, sd, n, 3),
+            _ => "-".to_string(),
+        };
         let consistency = match (r.class_consistency, r.class_consistency_std) {
             // A clustering GAN's classes are clusters: the matched figure says more.
             (Some(m), Some(sd))
@@ -1355,12 +1357,7 @@ fn markdown_table(all: &[SourceScores]) -> String {
                     r.cluster_purity.unwrap_or(f64::NAN)
                 )
             }
-            (Some(m), Some(sd)) => pm(m, sd, n, 3),
-            _ => "-".to_string(),
-        };
-        let opt = |m: Option<f64>, sd: Option<f64>| match (m, sd) {
-            (Some(m), Some(sd)) => pm(m, sd, n, 3),
-            _ => "-".to_string(),
+            (m, sd) => opt(m, sd),
         };
         let _ = writeln!(
             s,
