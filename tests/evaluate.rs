@@ -561,6 +561,26 @@ fn bad_inputs_fail_with_one_line() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{}", common::text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("train-gan"));
+
+    // Precision/recall needs more than k images per set.
+    let out = common::run(&[
+        "evaluate",
+        "--samples",
+        s(&table),
+        "--reference",
+        s(&table),
+        "--output",
+        s(&tmp.path().join("o4")),
+        "--pr-samples",
+        "3",
+    ]);
+    assert!(!out.status.success(), "{}", common::text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("pr-samples") && err.contains("at least 4"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// Not a test: writes the benchmark's tables (benches/evaluate/run.sh calls
