@@ -70,7 +70,7 @@ impl Error {
     }
 
     /// The process exit status for this error: 2 for usage and parameter
-    /// errors, 1 for everything else (DESIGN.md "Interface").
+    /// errors, 1 for everything else (docs/design.md "What every stage promises").
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,

@@ -1,5 +1,5 @@
 //! k-means clustering of feature vectors, the "Clustering" labels of Lucic et
-//! al. 2019 (METHOD.md), at faiss's speed (issue 15):
+//! al. 2019 (docs/method.md), at faiss's speed (issue 15):
 //! - **Train on a seeded subsample** of at most `sample_per_centroid` points
 //!   per cluster (faiss's `max_points_per_centroid`, 256), seed it with greedy
 //!   k-means++ or k-means|| and run at most `max_iter` Lloyd iterations on

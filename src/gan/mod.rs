@@ -1,4 +1,4 @@
-//! GAN training in the paper's labelling modes (METHOD.md): losses, the
+//! GAN training in the paper's labelling modes (docs/method.md): losses, the
 //! modes and what they need, the S3GAN rotation layout, EMA and standing
 //! statistics, sampling and grids, TensorBoard event files, and the training
 //! loop on top of the shared training infrastructure ([`crate::train`]).

@@ -1,5 +1,5 @@
 //! The S3GAN rotation batch layout (compare_gan `s3gan.py`,
-//! `merge_with_rotation_data`; METHOD.md item 4). Of a batch of `B` images,
+//! `merge_with_rotation_data`; docs/method.md, "The labelling modes"). Of a batch of `B` images,
 //! the last `n = (B / rotated_batch_fraction) / 4` are rotated by 90, 180 and
 //! 270 degrees and appended: `[x (B), rot90(x[-n:]), rot180(x[-n:]),
 //! rot270(x[-n:])]`, `B + 3n` rows, rotated copies keeping their labels. The

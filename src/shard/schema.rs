@@ -1,4 +1,4 @@
-//! The schemas of every table a stage writes (DESIGN.md "Data contract").
+//! The schemas of every table a stage writes (docs/design.md "The data contract").
 //! `schemas/NAME.json` holds each as a checked-in file; `tests/schemas.rs`
 //! fails when the code drifts from it. The `huggingface` metadata key makes
 //! `datasets` read `image` as an Image feature and `label` as a ClassLabel.

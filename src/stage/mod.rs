@@ -1,4 +1,4 @@
-//! The stage framework's core (DESIGN.md "Rules every stage follows"). A
+//! The stage framework's core (docs/design.md "What every stage promises"). A
 //! stage calls [`run_stage`] (or [`begin`]) with its name, parameters and
 //! inputs; it either finds its folder up to date (same tool version,
 //! parameters and input fingerprint, and every output still as the manifest

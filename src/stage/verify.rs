@@ -1,4 +1,4 @@
-//! Verified inputs (DESIGN.md "Rules"): a finished stage's files are what
+//! Verified inputs (docs/design.md "What every stage promises"): a finished stage's files are what
 //! its manifest says, byte for byte, before anything is built on them or
 //! the stage is called up to date. Each output's size, blake3 checksum and
 //! (for Arrow tables) row count are checked against the manifest, and the

@@ -1,4 +1,4 @@
-//! The pipeline's stages (DESIGN.md "Stages"), one module each behind one
+//! The pipeline's stages (docs/design.md "Stages"), one module each behind one
 //! [`Stage`] trait, and the [`REGISTRY`] that `main` and `pipeline` loop
 //! over. Stages never call each other: they meet only through the tables in
 //! the run directory.

@@ -1,7 +1,7 @@
 //! Stage `pretrain`: trains the rotation feature extractor on every image,
 //! and with `--labels` a linear class head on the labelled ones (S2L: loss =
-//! L_rotation + w * L_CE, the S4L-Rotation recipe; METHOD.md "Ways to get
-//! labels" 1 and 2). `--objective supervised` trains on the labelled images
+//! L_rotation + w * L_CE, the S4L-Rotation recipe; docs/method.md "The
+//! labelling modes"). `--objective supervised` trains on the labelled images
 //! alone, the baseline S2L is compared with.
 //!
 //! Each step takes `batch-size` images from the whole table, all four

@@ -1,6 +1,6 @@
 //! Stage `sample-labels`: keeps `--fraction` of the labels of each class
 //! (the paper's 2.5/5/10/20%: k% of the images of EACH class, drawn at
-//! random; METHOD.md "The data"), optionally plus a disjoint `--holdout`
+//! random; docs/method.md "Data"), optionally plus a disjoint `--holdout`
 //! slice for validation, or takes the user's own labelled subset
 //! (`--from LIST`). Writes `labels/`: (id, label, split) sorted by id, and a
 //! per-class count table `class_counts.csv` (written with polars).
