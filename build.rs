@@ -4,7 +4,8 @@
 //! never be available, even on a GPU machine.
 //!
 //! Also compiles the distributed shim (src/dist/shim*.cpp) against the same
-//! libtorch: c10d's TCPStore always, Gloo when Debian's libgloo-dev headers
+//! libtorch: c10d's TCPStore and the cross-replica batch norm's autograd
+//! function always, Gloo when Debian's libgloo-dev headers
 //! are there (the torch wheel ships none), NCCL when the nvidia wheels'
 //! NCCL, CUDA and CCCL headers are (`make setup` installs all of them). A
 //! part whose headers are missing is built as a stub that says so at run
@@ -34,7 +35,7 @@ fn with_file(dirs: &[PathBuf], file: &str) -> Option<PathBuf> {
 }
 
 fn build_shim(libtorch: &Path) {
-    for f in ["shim.h", "shim.cpp", "shim_nccl.cpp"] {
+    for f in ["shim.h", "shim.cpp", "shim_nccl.cpp", "shim_syncbn.cpp"] {
         println!("cargo:rerun-if-changed=src/dist/{f}");
     }
     println!("cargo:rerun-if-env-changed=GLOO_INCLUDE");
@@ -72,6 +73,10 @@ fn build_shim(libtorch: &Path) {
         }
     }
     gloo.file("src/dist/shim.cpp").compile("fewlabels_dist");
+    // Cross-replica batch norm: an autograd function, whatever the backend.
+    cc.clone()
+        .file("src/dist/shim_syncbn.cpp")
+        .compile("fewlabels_syncbn");
 
     // The nvidia wheels sit beside torch in site-packages.
     let site = libtorch.parent().unwrap_or(libtorch).to_path_buf();

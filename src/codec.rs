@@ -4,7 +4,7 @@
 //! (`Err(String)`) that the caller records as a reject.
 //!
 //! The steps, in the order that keeps decoding cheap (decode dominates, see
-//! /work/shared/MEASUREMENTS.md and benches/prepare/):
+//! benches/prepare/ and BENCHMARKS.md):
 //! 1. Sniff the format from the content, never from the file name (ImageNet
 //!    has a PNG named `.JPEG`).
 //! 2. Read the header only and refuse an image above `max_pixels` before
@@ -114,6 +114,13 @@ pub enum Resize {
     Pad,
     /// The whole image resized to the square, its aspect ratio not kept.
     Squash,
+    /// The whole image, its shorter side resized to `size` and its aspect
+    /// ratio kept (img2dataset's `keep_ratio`): not a square. What
+    /// compare_gan's ImageNet training crops are drawn from (50-100% of the
+    /// whole photo's area, src/train/loader.rs); readers that want squares
+    /// take the centred one ([`crate::shard::stored::decode_square`]).
+    #[serde(rename = "keep-ratio")]
+    KeepRatio,
 }
 
 /// The resampling filter: `fast_image_resize`'s convolution filters, each
@@ -259,7 +266,7 @@ pub struct Prepared {
     /// Width and height of the source image as displayed (after EXIF orientation).
     pub width: u32,
     pub height: u32,
-    /// The encoded `size`x`size` image.
+    /// The encoded image: `size`x`size`, or for `keep-ratio` its shorter side `size`.
     pub bytes: Vec<u8>,
 }
 
@@ -315,13 +322,13 @@ pub fn prepare(bytes: &[u8], opts: &Options) -> Result<Prepared, String> {
         ImageFormat::Jpeg => decode_jpeg(bytes, opts)?,
         other => decode_other(bytes, other, opts)?,
     };
-    let square = to_square(&rgb, (width, height), orientation, opts)?;
+    let (out, ow, oh) = to_square(&rgb, (width, height), orientation, opts)?;
     give_back_scratch(rgb.pixels);
     let (width, height) = displayed(width, height, orientation);
     Ok(Prepared {
         width,
         height,
-        bytes: encode(square, opts)?,
+        bytes: encode(out, ow, oh, opts)?,
     })
 }
 
@@ -337,11 +344,11 @@ pub fn prepare_gray(
         height,
         pixels.iter().flat_map(|&v| [v, v, v]).collect(),
     );
-    let square = to_square(&rgb, (width, height), Orientation::NoTransforms, opts)?;
+    let (out, ow, oh) = to_square(&rgb, (width, height), Orientation::NoTransforms, opts)?;
     Ok(Prepared {
         width,
         height,
-        bytes: encode(square, opts)?,
+        bytes: encode(out, ow, oh, opts)?,
     })
 }
 
@@ -386,12 +393,24 @@ fn decode_jpeg(bytes: &[u8], opts: &Options) -> Result<Decoded, String> {
 /// `pad` needs the fitted picture's size.
 fn needed(w: usize, h: usize, opts: &Options) -> (usize, usize) {
     let size = opts.size as usize;
-    match opts.geometry.resize {
-        Resize::Crop | Resize::Squash => (size, size),
-        Resize::Pad => {
-            let (tw, th) = fit(w as u32, h as u32, opts.size);
-            (tw as usize, th as usize)
-        }
+    let (tw, th) = match opts.geometry.resize {
+        Resize::Crop | Resize::Squash => return (size, size),
+        Resize::Pad => fit(w as u32, h as u32, opts.size),
+        Resize::KeepRatio => shorter_side(w as u32, h as u32, opts.size),
+    };
+    (tw as usize, th as usize)
+}
+
+/// The size of a `w`x`h` picture whose shorter side becomes `size`, aspect
+/// ratio kept (the longer side rounded). Symmetric, as [`fit`] is.
+pub fn shorter_side(w: u32, h: u32, size: u32) -> (u32, u32) {
+    let scaled = |long: u32, short: u32| {
+        ((long as u64 * size as u64 * 2 + short as u64) / (2 * short as u64)).max(1) as u32
+    };
+    if w <= h {
+        (size, scaled(h, w))
+    } else {
+        (scaled(w, h), size)
     }
 }
 
@@ -827,26 +846,27 @@ fn resize(
     Ok(dst.into_vec())
 }
 
-/// The `size`x`size` output of a decoded image whose full-size, stored
-/// dimensions are `full` (the decode may be DCT-scaled), upright by `o`
-/// (see the module doc for why each policy orients where it does).
+/// The output of a decoded image whose full-size, stored dimensions are
+/// `full` (the decode may be DCT-scaled), upright by `o` (see the module
+/// doc for why each policy orients where it does): its pixels, width and
+/// height (`size`x`size` but for `keep-ratio`).
 fn to_square(
     src: &Rgb,
     full: (u32, u32),
     o: Orientation,
     opts: &Options,
-) -> Result<Vec<u8>, String> {
+) -> Result<(Vec<u8>, u32, u32), String> {
     let (size, g) = (opts.size, &opts.geometry);
     let whole = (0.0, 0.0, src.width as f64, src.height as f64);
     match g.resize {
         Resize::Crop => {
             let c = src.crop;
             let square = resize(src, (c.left, c.top, c.side, c.side), size, size, g.filter)?;
-            Ok(orient(square, size, size, o).0)
+            Ok(orient(square, size, size, o))
         }
         Resize::Squash => {
             let square = resize(src, whole, size, size, g.filter)?;
-            Ok(orient(square, size, size, o).0)
+            Ok(orient(square, size, size, o))
         }
         Resize::Pad => {
             // Fitted in the stored axes (from the full-size dimensions, not
@@ -854,7 +874,14 @@ fn to_square(
             let (tw, th) = fit(full.0, full.1, size);
             let picture = resize(src, whole, tw, th, g.filter)?;
             let (picture, dw, dh) = orient(picture, tw, th, o);
-            Ok(pad(&picture, dw, dh, size, g.pad_color))
+            Ok((pad(&picture, dw, dh, size, g.pad_color), size, size))
+        }
+        Resize::KeepRatio => {
+            // Like pad, sized from the full-size stored axes; the whole
+            // picture is resized, so it commutes with the orientation.
+            let (tw, th) = shorter_side(full.0, full.1, size);
+            let picture = resize(src, whole, tw, th, g.filter)?;
+            Ok(orient(picture, tw, th, o))
         }
     }
 }
@@ -893,8 +920,7 @@ fn orient(pixels: Vec<u8>, w: u32, h: u32, o: Orientation) -> (Vec<u8>, u32, u32
     (img.into_rgb8().into_raw(), w, h)
 }
 
-fn encode(pixels: Vec<u8>, opts: &Options) -> Result<Vec<u8>, String> {
-    let s = opts.size;
+fn encode(pixels: Vec<u8>, w: u32, h: u32, opts: &Options) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(pixels.len() / 2);
     let res = match opts.codec {
         Codec::Raw => return Ok(pixels),
@@ -907,15 +933,15 @@ fn encode(pixels: Vec<u8>, opts: &Options) -> Result<Vec<u8>, String> {
             };
             PngEncoder::new_with_quality(&mut out, compression, filter).write_image(
                 &pixels,
-                s,
-                s,
+                w,
+                h,
                 image::ExtendedColorType::Rgb8,
             )
         }
         Codec::Jpeg => JpegEncoder::new_with_quality(&mut out, opts.quality).write_image(
             &pixels,
-            s,
-            s,
+            w,
+            h,
             image::ExtendedColorType::Rgb8,
         ),
     };
@@ -1019,7 +1045,9 @@ mod tests {
                 pixels,
                 crop: plan.crop,
             };
-            to_square(&rgb, (w as u32, h as u32), Orientation::NoTransforms, o).unwrap()
+            to_square(&rgb, (w as u32, h as u32), Orientation::NoTransforms, o)
+                .unwrap()
+                .0
         })
     }
 

@@ -193,6 +193,12 @@ impl Pipeline {
             let reference_slot = match stage.name() {
                 StageName::Duplicates => Some(&stages::duplicates::REFERENCE),
                 StageName::Evaluate => Some(&stages::evaluate::REFERENCE),
+                // Only a train-gan that scores while it trains reads it.
+                StageName::TrainGan
+                    if params.get("eval-every").and_then(|v| v.as_u64()) > Some(0) =>
+                {
+                    Some(&stages::train_gan::REFERENCE)
+                }
                 _ => None,
             };
             if let (Some(slot), Some((dir, prepare))) = (reference_slot, &reference) {
@@ -452,10 +458,20 @@ impl Pipeline {
                 path.display()
             )));
         };
+        // As the training images are prepared, but at the samples' size and
+        // as compare_gan evaluates: the centred square ("middle" crop)
+        // resized to the GAN's resolution, so that FID compares 128 with 128.
         let mut p = prepare.clone();
         p["input"] = serde_json::json!(path);
         p["shard-index"] = serde_json::json!(0);
         p["num-shards"] = serde_json::json!(1);
+        p["resize"] = serde_json::json!(crate::codec::Resize::Crop);
+        if let Some(r) = get(StageName::TrainGan)
+            .and_then(|g| g.get("resolution"))
+            .and_then(|r| r.as_u64())
+        {
+            p["size"] = serde_json::json!(r);
+        }
         Ok(Some((self.run_dir.join("reference"), Some(p))))
     }
 
@@ -538,6 +554,11 @@ impl Pipeline {
                     self.line_of_key("prepare", "size")
                 )
             };
+            let augment = if distorted {
+                stages::train_gan::Augment::Distorted
+            } else {
+                stages::train_gan::Augment::None
+            };
             let problem = match res {
                 None if distorted => Some(at(
                     "augment = \"distorted\" needs the resolution to train at; the crops come from the stored images".into(),
@@ -545,13 +566,8 @@ impl Pipeline {
                 None if !crate::models::biggan::Config::RESOLUTIONS.contains(&size) => Some(at(
                     format!("not given, so the images' size {size}, for which no BigGAN preset exists (32, 64, 128); set it"),
                 )),
-                Some(r) if distorted && size < r => Some(at(format!(
-                    "distorted crops of the {size}x{size} stored images would all be enlarged; store at least {r}"
-                ))),
-                Some(r) if !distorted && (size < r || size % r != 0) => Some(at(format!(
-                    "the training images are {size}x{size}; set one to the other"
-                ))),
-                _ => None,
+                Some(r) => stages::train_gan::fit_problem(augment, size, r).map(at),
+                None => None,
             };
             if let Some(msg) = problem {
                 let e = ParamError::new("resolution", msg);
@@ -566,13 +582,13 @@ impl Pipeline {
                 .get("mode")
                 .and_then(|v| serde_json::from_value(v.clone()).ok());
             let clash = match (mode, method) {
-                (Some(GanMode::S2gan), Some(pseudo_label::Method::Kmeans)) => {
-                    Some("trains on a classifier's labels, but pseudo-label.method = \"kmeans\" makes clusters: use mode \"clustering\", or method \"classifier\"")
+                (Some(GanMode::S2gan | GanMode::S3gan), Some(pseudo_label::Method::Kmeans)) => {
+                    Some("trains on a classifier's labels, but pseudo-label.method = \"kmeans\" makes clusters: use mode \"clustering\" (or \"clustering-ss\"), or method \"classifier\"")
                 }
                 (
                     Some(GanMode::Clustering | GanMode::ClusteringSs),
                     Some(pseudo_label::Method::Classifier),
-                ) => Some("trains on k-means clusters, but pseudo-label.method = \"classifier\" predicts classes: use mode \"s2gan\", or method \"kmeans\""),
+                ) => Some("trains on k-means clusters, but pseudo-label.method = \"classifier\" predicts classes: use mode \"s2gan\" (or \"s3gan\"), or method \"kmeans\""),
                 _ => None,
             };
             if let Some(msg) = clash {

@@ -176,6 +176,26 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
             ),
         );
     }
+    if let (Some(best), Some(step)) = (
+        num(StageName::TrainGan, "best_fid"),
+        num(StageName::TrainGan, "best_fid_step"),
+    ) {
+        let last = num(StageName::TrainGan, "last/eval/fid").unwrap_or(f64::NAN);
+        row(
+            "FID during training (train-gan --eval-every, small sample)",
+            format!("best {best:.1} at step {step}, last {last:.1}"),
+        );
+    }
+    if let (Some(best), Some(step)) = (
+        num(StageName::Evaluate, "best_fid"),
+        num(StageName::Evaluate, "best_fid_step"),
+    ) {
+        let n = num(StageName::Evaluate, "checkpoints_scored").unwrap_or(0.0);
+        row(
+            "FID of the best checkpoint (evaluate --checkpoints all)",
+            format!("{best:.1} at step {step}, of {n} scored"),
+        );
+    }
     if let Some(fid) = num(StageName::Evaluate, "fid") {
         let kid = num(StageName::Evaluate, "kid").unwrap_or(f64::NAN);
         let n = num(StageName::Evaluate, "samples_per_run").unwrap_or(0.0);
@@ -183,6 +203,12 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
         row(
             "FID / KID",
             format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
+        );
+    }
+    if let Some(is) = num(StageName::Evaluate, "is") {
+        row(
+            "Inception Score (one split over all samples by default)",
+            format!("{is:.2}"),
         );
     }
     if let (Some(p), Some(r)) = (
@@ -541,7 +567,7 @@ fn pictures(
             }
             let img = crate::shard::image_bytes(batch.column(2).as_ref(), i)
                 .ok()
-                .and_then(|b| crate::shard::stored::decode(b, format.as_ref()).ok());
+                .and_then(|b| crate::shard::stored::decode_square(b, format.as_ref()).ok());
             if let Some(img) = img {
                 out.insert((reference, id.value(i)), (path.value(i).to_string(), img));
             }
@@ -613,6 +639,9 @@ fn metric_plots(
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // The scores during training first: the curve a reader looks for.
+    let mut groups: Vec<(String, Vec<Series>)> = groups.into_iter().collect();
+    groups.sort_by_key(|(g, _)| !g.starts_with("eval/"));
     for (group, series) in groups.into_iter().take(MAX_PLOTS_PER_STAGE) {
         let file = plots_dir.join(format!(
             "{}-{stem}-{}.png",

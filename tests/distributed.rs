@@ -293,7 +293,7 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
-/// `train-gan` flags of the tiny s3gan both sides of a comparison share.
+/// `train-gan` flags of the tiny s3gan-co both sides of a comparison share.
 fn gan_args<'a>(data: &'a str, out: &'a str, batch: &'a str, accum: &'a str) -> Vec<&'a str> {
     vec![
         "train-gan",
@@ -302,7 +302,7 @@ fn gan_args<'a>(data: &'a str, out: &'a str, batch: &'a str, accum: &'a str) -> 
         "--output",
         out,
         "--mode",
-        "s3gan",
+        "s3gan-co",
         "--steps",
         "4",
         "--sample-every",
@@ -413,6 +413,103 @@ fn torchrun() -> Command {
         .env_remove("SLURM_PROCID")
         .env("FEWLABELS_DIST_TIMEOUT", "60");
     cmd
+}
+
+/// How far two checkpoints are apart: the largest difference of a tensor's
+/// values relative to the tensor's scale (its largest magnitude, at least
+/// 1), over every floating-point tensor and over the "core" ones. Left out
+/// of the core: G's biases and batch norm's running statistics. A bias that
+/// feeds a batch norm (every G convolution's does) has an exact gradient of
+/// zero, so float noise decides the sign of its Adam step (+-lr each step),
+/// and the running statistics follow those biases.
+fn relative_differences(a: &Path, b: &Path) -> (f64, f64) {
+    let read = |p: &Path| -> BTreeMap<String, Tensor> {
+        Tensor::read_safetensors(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .into_iter()
+            .filter(|(k, t)| t.is_floating_point() && !k.starts_with("__"))
+            .collect()
+    };
+    let (ta, tb) = (read(a), read(b));
+    assert!(ta.keys().any(|k| k.contains("running_mean")));
+    assert_eq!(ta.keys().collect::<Vec<_>>(), tb.keys().collect::<Vec<_>>());
+    let (mut all, mut core) = (0f64, 0f64);
+    for (k, x) in &ta {
+        let x = x.to_kind(Kind::Double);
+        let scale = x.abs().max().double_value(&[]).max(1.0);
+        let d = (&x - tb[k].to_kind(Kind::Double))
+            .abs()
+            .max()
+            .double_value(&[])
+            / scale;
+        all = all.max(d);
+        let free = k.contains("running_") || (k.contains("bias") && !k.starts_with("d."));
+        if !free {
+            core = core.max(d);
+        }
+    }
+    (all, core)
+}
+
+/// compare_gan's cross-replica batch norm: two ranks of 8 images each with
+/// `--sync-bn` train as one process with batch 16 does (batch norm over
+/// all 16 images, spectral norm moved once per forward), and without it
+/// they do not.
+#[test]
+fn sync_bn_on_two_ranks_matches_one_process_over_the_whole_batch() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (data, _) = common::train_shards(tmp.path(), "all", 64, 32, None);
+    let args = |out: &Path, sync: bool| {
+        let mut a: Vec<String> = gan_args(s(&data), s(out), "16", "1")
+            .into_iter()
+            .map(String::from)
+            .collect();
+        // No rotation: compare_gan rotates part of each replica's batch,
+        // which one process over the whole batch cannot match.
+        let mode = a.iter().position(|x| x == "--mode").unwrap() + 1;
+        a[mode] = "biggan".into();
+        if sync {
+            a.push("--sync-bn".into());
+        }
+        a
+    };
+    let (one, synced, local) = (
+        tmp.path().join("one"),
+        tmp.path().join("synced"),
+        tmp.path().join("local"),
+    );
+    let a = args(&one, true);
+    let o = common::run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", common::text(&o));
+    for (out, sync) in [(&synced, true), (&local, false)] {
+        let a = args(out, sync);
+        let (o0, o1) = two_ranks(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+            "train-gan",
+        );
+        assert!(o0.status.success(), "rank 0: {}", common::text(&o0));
+        assert!(o1.status.success(), "rank 1: {}", common::text(&o1));
+    }
+    // Every step's losses, logits and accuracies.
+    assert_close_metrics(&one, &synced);
+    let ckpt = "checkpoints/ckpt-00000004.safetensors";
+    let (sync_all, sync_core) = relative_differences(&one.join(ckpt), &synced.join(ckpt));
+    let (_, local_core) = relative_differences(&one.join(ckpt), &local.join(ckpt));
+    eprintln!(
+        "after 4 steps, largest relative difference to one process: sync-bn {sync_core:e} (core), {sync_all:e} (all); per-rank batch norm {local_core:e} (core)"
+    );
+    assert!(
+        sync_core <= 1e-4,
+        "sync-bn: core weights differ by {sync_core}"
+    );
+    assert!(
+        sync_all <= 1e-2,
+        "sync-bn: biases or statistics differ by {sync_all}"
+    );
+    assert!(
+        local_core >= 0.05,
+        "per-rank batch norm should differ: {local_core}"
+    );
 }
 
 #[test]

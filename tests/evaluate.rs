@@ -401,7 +401,7 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     let (half, labelled) = common::train_shards(tmp.path(), "half", 40, 32, Some("0.5"));
     let half_fraction = labelled as f64 / 40.0;
     let mut gans = Vec::new();
-    for (data, mode) in [(&all, "biggan"), (&half, "s3gan")] {
+    for (data, mode) in [(&all, "biggan"), (&half, "s3gan-co")] {
         let out = tmp.path().join(format!("gan-{mode}"));
         let o = common::run(&[
             "--quiet",
@@ -467,7 +467,7 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     assert_eq!(sources.len(), 2);
     for (src, (mode, fraction)) in sources
         .iter()
-        .zip([("biggan", 1.0), ("s3gan", half_fraction)])
+        .zip([("biggan", 1.0), ("s3gan-co", half_fraction)])
     {
         assert_eq!(src["mode"], mode, "{src}");
         assert_eq!(src["steps"], 2, "{src}");
@@ -502,7 +502,7 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     );
     let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
     assert!(
-        md.contains(&format!("| s3gan | {:.1}% |", 100.0 * half_fraction)),
+        md.contains(&format!("| s3gan-co | {:.1}% |", 100.0 * half_fraction)),
         "{md}"
     );
 }

@@ -164,7 +164,7 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
     fs::create_dir_all(&data).unwrap();
     make_imagenet(&data);
     let routes = routes();
-    assert_eq!(routes.len(), 7, "{routes:?}");
+    assert_eq!(routes.len(), 8, "{routes:?}");
     for (i, route) in routes.iter().enumerate() {
         let name = route.file_stem().unwrap().to_str().unwrap();
         let run_dir = tmp.path().join(name);
@@ -176,9 +176,14 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
             s(&run_dir).into(),
         ];
         let mut sets = shrink(route, &data);
-        // Two routes store their images another way, through every reader.
+        // Two routes store their images another way, through every reader:
+        // raw rows are squares (the centred 192 square, distorted crops
+        // drawn inside it), JPEG rows whole photos as the pipelines store.
         match i {
-            0 => sets.push("prepare.codec=\"raw\"".into()),
+            0 => sets.extend([
+                "prepare.codec=\"raw\"".into(),
+                "prepare.resize=\"crop\"".into(),
+            ]),
             1 => sets.push("prepare.codec=\"jpeg\"".into()),
             _ => {}
         }
@@ -201,16 +206,24 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
             images["counts"]
         );
         assert_eq!(images["counts"]["classes"], 3, "{name}");
-        // The reference: the validation list, prepared as the training images are.
+        // The training images: whole photos by their shorter side (but the raw route's squares).
+        assert_eq!(images["params"]["size"], 192, "{name}");
+        let whole = images["params"]["resize"] == "keep-ratio";
+        assert_eq!(whole, i != 0, "{name}");
+        // The reference: the validation list as the centred square at the
+        // samples' size (compare_gan's evaluation crop), and evaluate saw 128 on both sides.
         let reference: serde_json::Value = serde_json::from_slice(
             &fs::read(run_dir.join("reference").join("_stage.json")).unwrap(),
         )
         .unwrap();
         assert_eq!(reference["counts"]["written"], 12, "{name}");
-        assert_eq!(
-            reference["params"]["size"], images["params"]["size"],
-            "{name}"
-        );
+        assert_eq!(reference["params"]["size"], 128, "{name}");
+        assert_eq!(reference["params"]["resize"], "crop", "{name}");
+        let eval: serde_json::Value =
+            serde_json::from_slice(&fs::read(run_dir.join("eval").join("_stage.json")).unwrap())
+                .unwrap();
+        assert_eq!(eval["counts"]["samples_resolution"], 128, "{name}");
+        assert_eq!(eval["counts"]["reference_resolution"], 128, "{name}");
         let scores: serde_json::Value =
             serde_json::from_slice(&fs::read(run_dir.join("eval").join("scores.json")).unwrap())
                 .unwrap();
@@ -226,8 +239,8 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
         );
         // Class consistency by the route's own pretrain head, where it has one.
         let consistency = scores["sources"][0]["class_consistency"].as_f64();
-        if name == "imagenet-s2gan" {
-            let c = consistency.expect("s2gan: the S2L head judges the samples");
+        if ["imagenet-s2gan", "imagenet-s3gan"].contains(&name) {
+            let c = consistency.expect("s2gan/s3gan: the S2L head judges the samples");
             assert!((0.0..=1.0).contains(&c), "{name}: {c}");
             assert!(
                 scores["classifier_accuracy"]["accuracy"].is_number(),
@@ -240,6 +253,8 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
             serde_json::from_slice(&fs::read(run_dir.join("gan").join("_stage.json")).unwrap())
                 .unwrap();
         assert_eq!(gan["params"]["augment"], "distorted", "{name}");
+        assert_eq!(gan["params"]["arch"], "compare-gan", "{name}");
+        assert_eq!(gan["params"]["sync-bn"], true, "{name}");
         let grid = run_dir
             .join("gan")
             .join("samples")

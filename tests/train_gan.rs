@@ -88,16 +88,30 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
     let (all, _) = shards(tmp.path(), 48, false);
     let (subset, labelled) = shards(tmp.path(), 48, true);
     assert!((10..48).contains(&labelled), "{labelled}");
+    // The pseudo-label modes train on labels the real stages inferred.
+    let (predicted, given) = common::pseudo_shards(
+        tmp.path(),
+        "predicted",
+        48,
+        32,
+        common::Inferred::Classifier,
+    );
+    assert!((1..48).contains(&given), "{given} given labels");
+    let (clusters, _) =
+        common::pseudo_shards(tmp.path(), "clusters", 48, 32, common::Inferred::Kmeans);
     for mode in GanMode::value_variants() {
         // The shards each mode trains on, and the metrics only it logs.
         let (data, extra): (&Path, &[&str]) = match mode {
-            GanMode::Biggan | GanMode::S2gan | GanMode::Clustering => (&all, &[]),
+            GanMode::Biggan => (&all, &[]),
+            GanMode::S2gan => (&predicted, &[]),
+            GanMode::S3gan => (&predicted, &["d/rotation_loss", "g/rotation_loss"]),
+            GanMode::Clustering => (&clusters, &[]),
             GanMode::S2ganCo => (&subset, &["d/class_loss", "d/class_accuracy"]),
-            GanMode::S3gan => (
+            GanMode::S3ganCo => (
                 &subset,
                 &["d/class_loss", "d/rotation_loss", "g/rotation_loss"],
             ),
-            GanMode::ClusteringSs => (&all, &["d/rotation_loss", "g/rotation_accuracy"]),
+            GanMode::ClusteringSs => (&clusters, &["d/rotation_loss", "g/rotation_accuracy"]),
             GanMode::Ssgan => (&subset, &["d/rotation_loss"]),
             GanMode::Unconditional | GanMode::SingleLabel | GanMode::RandomLabel => (&subset, &[]),
         };
@@ -113,13 +127,14 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
         ] {
             assert!(out.join(f).exists(), "{mode}: no {f}");
         }
-        // The manifest records the fraction of person-given labels the mode used.
+        // The manifest records the fraction of person-given labels the mode
+        // used: the kept 10% on the s2gan routes, none on clustering's.
         let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("_stage.json")).unwrap())
-                .unwrap();
+            serde_json::from_slice(&std::fs::read(out.join("_stage.json")).unwrap()).unwrap();
         let want = match mode {
-            "s2gan-co" | "s3gan" => labelled as f64 / 48.0,
-            "biggan" | "s2gan" | "clustering" | "clustering-ss" => 1.0,
+            "s2gan-co" | "s3gan-co" => labelled as f64 / 48.0,
+            "s2gan" | "s3gan" => given as f64 / 48.0,
+            "biggan" => 1.0,
             _ => 0.0,
         };
         let got = manifest["counts"]["label_fraction"].as_f64();
@@ -127,6 +142,14 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
             got.is_some_and(|f| (f - want).abs() < 1e-9),
             "{mode}: label_fraction {got:?}, want {want}"
         );
+        let class_head = ["s2gan-co", "s3gan-co"].contains(&mode);
+        if !class_head {
+            let m = metrics(&out);
+            assert!(
+                m[1].get("d/class_loss").is_none(),
+                "{mode} has no class head"
+            );
+        }
         let m = metrics(&out);
         assert_eq!(m.len(), 2, "{mode}: one line per step");
         for key in [
@@ -142,9 +165,9 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
             let v = m[1][*key].as_f64().unwrap_or(f64::NAN);
             assert!(v.is_finite(), "{mode}: {key} = {v}");
         }
-        if mode == "s3gan" {
+        if mode == "s3gan-co" {
             let frac = m[1]["data/labelled_fraction"].as_f64().expect("fraction");
-            assert!(frac < 0.5, "s3gan sees mostly unlabelled rows: {frac}");
+            assert!(frac < 0.5, "s3gan-co sees mostly unlabelled rows: {frac}");
         }
         if !extra.contains(&"d/rotation_loss") {
             assert!(
@@ -174,6 +197,20 @@ fn every_mode_trains_a_few_steps_and_checks_its_shards() {
         )),
         "{err}"
     );
+    // ... and shards whose every label a person gave: one line naming the shards.
+    for mode in ["s2gan", "s3gan", "clustering", "clustering-ss"] {
+        let o = common::run(&train_args(s(&all), s(&out), mode, "2"));
+        common::one_line_error(
+            &o,
+            1,
+            &[
+                s(&all),
+                &format!("mode {mode}"),
+                "given by a person",
+                "`pseudo-label`",
+            ],
+        );
+    }
 }
 
 /// Tensors of a safetensors file by name, ordered.
@@ -211,12 +248,12 @@ fn killed_run_resumes_to_the_uninterrupted_weights() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (data, _) = shards(tmp.path(), 40, true);
     let straight = tmp.path().join("straight");
-    let o = common::run(&train_args(s(&data), s(&straight), "s3gan", "6"));
+    let o = common::run(&train_args(s(&data), s(&straight), "s3gan-co", "6"));
     assert!(o.status.success(), "{}", common::text(&o));
 
     let resumed = tmp.path().join("resumed");
     let mut child = common::bin()
-        .args(train_args(s(&data), s(&resumed), "s3gan", "6"))
+        .args(train_args(s(&data), s(&resumed), "s3gan-co", "6"))
         .env("FEWLABELS_TEST_STEP_DELAY_MS", "400")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -230,7 +267,7 @@ fn killed_run_resumes_to_the_uninterrupted_weights() {
     assert!(!resumed.join("_stage.json").exists());
     assert!(!resumed.join("ema.safetensors").exists());
 
-    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan", "6"));
+    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan-co", "6"));
     assert!(o.status.success(), "{}", common::text(&o));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(resumed.join("_stage.json")).expect("manifest"))
@@ -255,7 +292,7 @@ fn killed_run_resumes_to_the_uninterrupted_weights() {
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
 
     // The same parameters again: up to date, nothing re-run.
-    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan", "6"));
+    let o = common::run(&train_args(s(&data), s(&resumed), "s3gan-co", "6"));
     assert!(o.status.success(), "{}", common::text(&o));
 }
 

@@ -104,6 +104,78 @@ extern "C" {
         err: *mut c_char,
         cap: usize,
     ) -> c_int;
+    fn fl_sync_batch_norm(
+        input: *mut c_void,
+        eps: f64,
+        sum: SumFn,
+        sum_ctx: *mut c_void,
+        stats: *mut c_void,
+        out: *mut *mut c_void,
+        err: *mut c_char,
+        cap: usize,
+    ) -> c_int;
+}
+
+/// The shim's callback that sums a tensor (`at::Tensor*`) in place over
+/// the ranks: nonzero on failure, with one line in `err`.
+pub type SumFn = unsafe extern "C" fn(
+    ctx: *mut c_void,
+    tensor: *mut c_void,
+    err: *mut c_char,
+    cap: usize,
+) -> c_int;
+
+/// Writes `msg` (one line, NUL-terminated, cut to fit) into a shim error buffer.
+///
+/// # Safety
+/// `err` must point to `cap` writable bytes (or be null).
+pub unsafe fn write_error(err: *mut c_char, cap: usize, msg: &str) {
+    if err.is_null() || cap == 0 {
+        return;
+    }
+    let line = msg.lines().next().unwrap_or("");
+    let n = line.len().min(cap - 1);
+    // SAFETY: the caller's buffer holds cap bytes; n < cap.
+    unsafe {
+        ptr::copy_nonoverlapping(line.as_ptr(), err as *mut u8, n);
+        *err.add(n) = 0;
+    }
+}
+
+/// `x` normalised by the moments of every rank's `x` (the shim's autograd
+/// function: gradients flow, and the backward pass sums over the ranks
+/// too, through `sum`), and the `[2C]` (mean, unbiased variance) it used.
+///
+/// # Safety
+/// `sum` is called with `sum_ctx` now and in every backward pass through
+/// the result, so `sum_ctx` must be what `sum` expects for as long as the
+/// result's autograd graph lives.
+pub unsafe fn sync_batch_norm(
+    x: &Tensor,
+    eps: f64,
+    sum: SumFn,
+    sum_ctx: *mut c_void,
+) -> Result<(Tensor, Tensor), String> {
+    let c = x.size().get(1).copied().unwrap_or(0);
+    let stats = Tensor::zeros([2 * c], (tch::Kind::Double, x.device()));
+    let mut out: *mut c_void = ptr::null_mut();
+    // SAFETY: x and stats outlive the call; the shim returns a new tensor
+    // that tch takes ownership of (both are `new at::Tensor`).
+    call(|e, cap| unsafe {
+        fl_sync_batch_norm(
+            x.as_ptr() as *mut c_void,
+            eps,
+            sum,
+            sum_ctx,
+            stats.as_ptr() as *mut c_void,
+            &mut out,
+            e,
+            cap,
+        )
+    })?;
+    // SAFETY: out is a fresh at::Tensor* from the shim.
+    let y = unsafe { Tensor::from_ptr(out as *mut _) };
+    Ok((y, stats))
 }
 
 const ERR_CAP: usize = 1024;

@@ -184,6 +184,22 @@ impl Dist {
         self.sum_f64_for("all-reduce of logged values", values)
     }
 
+    /// Batch normalisation of `x` [N, C, ...] (no affine part) with the
+    /// moments of every rank's `x`: compare_gan's cross-replica batch norm.
+    /// Its backward pass sums over the ranks too, so it must run, like the
+    /// forward, on every rank in the same order. Returns the output and the
+    /// `[2C]` (mean, unbiased variance) for the running statistics. A
+    /// single process normalises by its own moments through the same code.
+    pub fn sync_batch_norm(self, x: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+        let ctx = self.0.map_or(std::ptr::null_mut(), |i| {
+            i as *const Inner as *mut std::ffi::c_void
+        });
+        // SAFETY: ctx is null or the job's &'static Inner, which
+        // sum_for_shim expects and which outlives every graph. The
+        // callback's message already names the rank and the collective.
+        unsafe { ffi::sync_batch_norm(x, eps, sum_for_shim, ctx) }.map_err(Error::invalid)
+    }
+
     /// Waits until every rank gets here (a one-value all-reduce).
     pub fn barrier(self, what: &str) -> Result<()> {
         self.sum_f64_for(what, &mut [1.0])
@@ -383,6 +399,40 @@ impl Inner {
             )),
         }
     }
+}
+
+/// The shim's all-reduce callback: `ctx` is the job's [`Inner`] (null in a
+/// single process, where the sum over one rank is the tensor itself).
+unsafe extern "C" fn sum_for_shim(
+    ctx: *mut std::ffi::c_void,
+    tensor: *mut std::ffi::c_void,
+    err: *mut std::ffi::c_char,
+    cap: usize,
+) -> std::ffi::c_int {
+    if ctx.is_null() {
+        return 0;
+    }
+    // SAFETY: ctx is the &'static Inner sync_batch_norm passed; tensor is an
+    // at::Tensor* the shim owns, borrowed for this call (never freed here).
+    let (inner, t) = unsafe {
+        (
+            &*(ctx as *const Inner),
+            std::mem::ManuallyDrop::new(Tensor::from_ptr(tensor as *mut _)),
+        )
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        Dist(Some(inner)).collective("the batch-norm all-reduce", |g| {
+            g.allreduce_sum(std::slice::from_ref(&t.shallow_clone()))
+        })
+    }));
+    let msg = match result {
+        Ok(Ok(())) => return 0,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "panic in the batch-norm all-reduce".to_string(),
+    };
+    // SAFETY: the shim's buffer of cap bytes.
+    unsafe { ffi::write_error(err, cap, &msg) };
+    1
 }
 
 /// Which tensors go in which bucket: consecutive runs of one kind and

@@ -1,12 +1,19 @@
-//! The labelling modes of the paper (METHOD.md, DESIGN.md "GAN modes") and
-//! what each needs from the training shards. A mode decides: whether G and
-//! D are class-conditional, which label D projects for a real image, whether
-//! D has the co-training class head and the rotation head.
+//! The labelling modes of the paper (docs/method.md, "The labelling
+//! modes") and what each needs from the training shards. A mode decides:
+//! whether G and D are class-conditional, which label D projects for a real
+//! image, whether D has the co-training class head and the rotation head.
+//!
+//! The paper's names, as compare_gan's `S3GAN` class builds them: S2GAN
+//! trains on the labels a pre-trained semi-supervised (S2L) classifier
+//! gives; S3GAN is S2GAN plus the rotation head in D (compare_gan's
+//! `use_predictor=False`, the paper's best route); S2GAN-CO learns the
+//! missing labels with a class head on D while the GAN trains, and
+//! S3GAN-CO is that plus the rotation head.
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// The GAN modes of the paper (DESIGN.md, METHOD.md).
+/// The GAN modes of the paper (docs/method.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum GanMode {
@@ -19,8 +26,11 @@ pub enum GanMode {
     Clustering,
     /// Co-training: a class head on D labels the unlabelled real images.
     S2ganCo,
-    /// Co-training plus the rotation head.
+    /// S2GAN's pre-trained classifier labels plus the rotation head in D
+    /// (the paper's S3GAN).
     S3gan,
+    /// Co-training plus the rotation head (the paper's S3GAN-CO).
+    S3ganCo,
     /// Cluster labels plus the rotation head.
     ClusteringSs,
     /// Unconditional plus the rotation head.
@@ -61,10 +71,10 @@ pub enum RealLabels {
 impl GanMode {
     pub fn labels_needed(self) -> LabelsNeeded {
         match self {
-            GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
+            GanMode::S2gan | GanMode::S3gan | GanMode::Clustering | GanMode::ClusteringSs => {
                 LabelsNeeded::PseudoLabels
             }
-            GanMode::S2ganCo | GanMode::S3gan => LabelsNeeded::Subset,
+            GanMode::S2ganCo | GanMode::S3ganCo => LabelsNeeded::Subset,
             GanMode::Biggan
             | GanMode::Ssgan
             | GanMode::Unconditional
@@ -80,6 +90,7 @@ impl GanMode {
             GanMode::Clustering => "clustering",
             GanMode::S2ganCo => "s2gan-co",
             GanMode::S3gan => "s3gan",
+            GanMode::S3ganCo => "s3gan-co",
             GanMode::ClusteringSs => "clustering-ss",
             GanMode::Ssgan => "ssgan",
             GanMode::Unconditional => "unconditional",
@@ -105,10 +116,12 @@ impl GanMode {
 
     pub fn real_labels(self) -> RealLabels {
         match self {
-            GanMode::Biggan | GanMode::S2gan | GanMode::Clustering | GanMode::ClusteringSs => {
-                RealLabels::FromData
-            }
-            GanMode::S2ganCo | GanMode::S3gan => RealLabels::CoTraining,
+            GanMode::Biggan
+            | GanMode::S2gan
+            | GanMode::S3gan
+            | GanMode::Clustering
+            | GanMode::ClusteringSs => RealLabels::FromData,
+            GanMode::S2ganCo | GanMode::S3ganCo => RealLabels::CoTraining,
             GanMode::SingleLabel => RealLabels::Single,
             GanMode::RandomLabel => RealLabels::Random,
             GanMode::Ssgan | GanMode::Unconditional => RealLabels::None,
@@ -126,7 +139,7 @@ impl GanMode {
     pub fn rotation(self) -> bool {
         matches!(
             self,
-            GanMode::S3gan | GanMode::ClusteringSs | GanMode::Ssgan
+            GanMode::S3gan | GanMode::S3ganCo | GanMode::ClusteringSs | GanMode::Ssgan
         )
     }
 
@@ -151,8 +164,10 @@ pub struct DataSummary {
     pub class_names: Vec<String>,
     /// Largest label seen + 1 (0 when none).
     pub max_label: i64,
-    /// Side of the stored (square) images.
+    /// Side of the stored images (the shorter side for `keep-ratio` tables).
     pub image_size: u32,
+    /// The shards' folder, named in messages.
+    pub dir: std::path::PathBuf,
 }
 
 /// Checks that the shards carry what `mode` needs; the error says what is
@@ -167,6 +182,19 @@ pub fn check(mode: GanMode, data: &DataSummary) -> Result<()> {
     let classes = data.class_names.len() as i64;
     match mode.real_labels() {
         RealLabels::FromData => {
+            // Pseudo-label modes train on inferred labels: shards whose every
+            // label a person gave would train a BigGAN under another name.
+            if mode.labels_needed() == LabelsNeeded::PseudoLabels
+                && data.human_labelled >= data.rows
+            {
+                return Err(Error::file(
+                    &data.dir,
+                    format!(
+                        "mode {m}: every one of the {} training labels was given by a person, none inferred; this mode trains on pseudo-labels: build the shards from the output of `pseudo-label` (or train mode biggan on these)",
+                        data.rows
+                    ),
+                ));
+            }
             if data.labelled < data.rows {
                 let what = match mode.labels_needed() {
                     LabelsNeeded::PseudoLabels => "a pseudo-label for every image: build the shards from the output of `pseudo-label`",
@@ -211,10 +239,11 @@ mod tests {
         DataSummary {
             rows,
             labelled,
-            human_labelled: labelled,
+            human_labelled: labelled.min(1),
             class_names: vec!["a".into(), "b".into()],
             max_label: 2,
             image_size: 32,
+            dir: "train".into(),
         }
     }
 
@@ -223,9 +252,24 @@ mod tests {
         let e = check(GanMode::S2gan, &data(10, 3)).expect_err("unlabelled rows");
         assert!(e.to_string().contains("7 of 10"), "{e}");
         assert!(e.to_string().contains("output of `pseudo-label`"), "{e}");
-        let e = check(GanMode::S3gan, &data(10, 0)).expect_err("no labels");
+        let e = check(GanMode::S3ganCo, &data(10, 0)).expect_err("no labels");
         assert!(e.to_string().contains("sample-labels"), "{e}");
-        check(GanMode::S3gan, &data(10, 1)).expect("subset is enough");
+        check(GanMode::S3ganCo, &data(10, 1)).expect("subset is enough");
+        check(GanMode::S3gan, &data(10, 10)).expect("pseudo-labelled");
+        // Person-given labels only: the pseudo-label modes refuse them.
+        let mut given = data(10, 10);
+        given.human_labelled = 10;
+        for mode in [
+            GanMode::S2gan,
+            GanMode::S3gan,
+            GanMode::Clustering,
+            GanMode::ClusteringSs,
+        ] {
+            let e = check(mode, &given).expect_err("no inferred label");
+            assert!(e.to_string().starts_with("train: mode "), "{e}");
+            assert!(e.to_string().contains("`pseudo-label`"), "{e}");
+        }
+        check(GanMode::Biggan, &given).expect("biggan takes them");
         check(GanMode::Unconditional, &data(10, 0)).expect("no labels needed");
         check(GanMode::Biggan, &data(10, 10)).expect("all labelled");
         let mut d = data(10, 10);
@@ -235,7 +279,12 @@ mod tests {
 
     #[test]
     fn heads_and_conditioning_follow_the_paper() {
-        assert!(GanMode::S3gan.class_head() && GanMode::S3gan.rotation());
+        // S3GAN: S2GAN's labels plus rotation, no class head (compare_gan's
+        // S3GAN defaults to use_predictor=False); S3GAN-CO adds co-training.
+        assert!(!GanMode::S3gan.class_head() && GanMode::S3gan.rotation());
+        assert_eq!(GanMode::S3gan.labels_needed(), LabelsNeeded::PseudoLabels);
+        assert!(GanMode::S3ganCo.class_head() && GanMode::S3ganCo.rotation());
+        assert_eq!(GanMode::S3ganCo.labels_needed(), LabelsNeeded::Subset);
         assert!(GanMode::S2ganCo.class_head() && !GanMode::S2ganCo.rotation());
         assert!(!GanMode::Ssgan.conditional() && GanMode::Ssgan.rotation());
         assert!(GanMode::ClusteringSs.rotation() && !GanMode::ClusteringSs.class_head());

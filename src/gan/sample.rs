@@ -44,12 +44,8 @@ pub fn load_generator(gan_dir: &Path, seed: u64, device: Device) -> Result<Loade
 
 /// As [`load_generator`], with the standing statistics accumulated over
 /// `standing_samples` generated images (0: the run's own setting).
-pub fn load_generator_with(
-    gan_dir: &Path,
-    seed: u64,
-    device: Device,
-    standing_samples: usize,
-) -> Result<LoadedGenerator> {
+/// What a finished train-gan folder's `model.json` says of its generator.
+pub fn model_info(gan_dir: &Path) -> Result<ModelInfo> {
     let info_path = gan_dir.join(MODEL_FILE);
     let weights = gan_dir.join(EMA_FILE);
     if !info_path.exists() || !weights.exists() {
@@ -58,11 +54,40 @@ pub fn load_generator_with(
             format!("has no {MODEL_FILE} / {EMA_FILE}; it is not a finished `fewlabels train-gan` output (run or finish train-gan first)"),
         ));
     }
-    let info: ModelInfo =
-        serde_json::from_slice(&fs::read(&info_path).at(&info_path)?).at(&info_path)?;
+    serde_json::from_slice(&fs::read(&info_path).at(&info_path)?).at(&info_path)
+}
+
+pub fn load_generator_with(
+    gan_dir: &Path,
+    seed: u64,
+    device: Device,
+    standing_samples: usize,
+) -> Result<LoadedGenerator> {
+    load_generator_at(gan_dir, None, seed, device, standing_samples)
+}
+
+/// The EMA generator of a finished train-gan folder as it was at
+/// `checkpoint` (a file of its `checkpoints/`; `None`: the final weights),
+/// with its standing statistics recomputed over `standing_samples` (0: the
+/// run's own setting).
+pub fn load_generator_at(
+    gan_dir: &Path,
+    checkpoint: Option<&Path>,
+    seed: u64,
+    device: Device,
+    standing_samples: usize,
+) -> Result<LoadedGenerator> {
+    let weights = gan_dir.join(EMA_FILE);
+    let info = model_info(gan_dir)?;
     let mut vs = VarStore::new(device);
     let g = Generator::new(&vs.root(), &info.model, &LayerCtx::new(false));
-    vs.load(&weights).at(&weights)?;
+    match checkpoint {
+        None => vs.load(&weights).at(&weights)?,
+        Some(path) => {
+            let ckpt = crate::train::checkpoint::Checkpoint::load(path)?;
+            crate::train::checkpoint::load_variables(&vs, "ema.", &ckpt)?;
+        }
+    }
     let batches = match standing_samples {
         0 => info.standing_batches,
         n => n.div_ceil(info.standing_batch_size.max(1) as usize),
@@ -81,36 +106,50 @@ impl LoadedGenerator {
         seed: u64,
         chunk: usize,
     ) -> Result<(Tensor, Vec<i64>)> {
-        let n_classes = self.g.cfg.n_classes;
-        if let Some(c) = class {
-            if c < 0 || c >= n_classes {
-                return Err(Error::invalid(format!(
-                    "class {c}: this generator has classes 0..{}",
-                    n_classes - 1
-                )));
-            }
-        }
-        let device = self.g.device;
-        let mut images = Vec::new();
-        let mut labels = Vec::new();
-        let mut done = 0usize;
-        let mut k = 0u64;
-        while done < count {
-            let n = chunk.min(count - done) as i64;
-            crate::gan::seed_all(seed, &[0x5a3b1e, k]);
-            let z = Tensor::randn([n, self.g.cfg.z_dim], (Kind::Float, device));
-            let y = match class {
-                Some(c) => Tensor::full([n], c, (Kind::Int64, device)),
-                None => Tensor::randint(n_classes, [n], (Kind::Int64, device)),
-            };
-            let x = tch::no_grad(|| self.g.forward_t(&z, &y, false)).to_device(Device::Cpu);
-            labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu)).map_err(Error::Torch)?);
-            images.push(x);
-            done += n as usize;
-            k += 1;
-        }
-        Ok((Tensor::cat(&images, 0), labels))
+        sample_from(&self.g, count, class, seed, chunk)
     }
+}
+
+/// `count` images `[N, 3, H, W]` (f32 in [-1, 1], CPU) from generator `g`
+/// in eval mode (its batch-norm statistics as they are: recompute the
+/// standing ones first), drawn `chunk` at a time from z seeded by `seed`;
+/// labels uniform over the classes unless `class` is given.
+pub fn sample_from(
+    g: &Generator,
+    count: usize,
+    class: Option<i64>,
+    seed: u64,
+    chunk: usize,
+) -> Result<(Tensor, Vec<i64>)> {
+    let n_classes = g.cfg.n_classes;
+    if let Some(c) = class {
+        if c < 0 || c >= n_classes {
+            return Err(Error::invalid(format!(
+                "class {c}: this generator has classes 0..{}",
+                n_classes - 1
+            )));
+        }
+    }
+    let device = g.device;
+    let mut images = Vec::new();
+    let mut labels = Vec::new();
+    let mut done = 0usize;
+    let mut k = 0u64;
+    while done < count {
+        let n = chunk.min(count - done) as i64;
+        crate::gan::seed_all(seed, &[0x5a3b1e, k]);
+        let z = Tensor::randn([n, g.cfg.z_dim], (Kind::Float, device));
+        let y = match class {
+            Some(c) => Tensor::full([n], c, (Kind::Int64, device)),
+            None => Tensor::randint(n_classes, [n], (Kind::Int64, device)),
+        };
+        let x = tch::no_grad(|| g.forward_t(&z, &y, false)).to_device(Device::Cpu);
+        labels.extend(Vec::<i64>::try_from(&y.to_device(Device::Cpu)).map_err(Error::Torch)?);
+        images.push(x);
+        done += n as usize;
+        k += 1;
+    }
+    Ok((Tensor::cat(&images, 0), labels))
 }
 
 /// `count` samples `[N, 3, H, W]` (f32 in [-1, 1], CPU) from the EMA

@@ -9,18 +9,26 @@
 //! an uninterrupted run would have had (CPU; CUDA kernels may differ in the
 //! last bits).
 //!
-//! Data-parallel ([`Dist`]): `batch_size` is the global batch. Each of the
-//! W ranks takes B/W real images and B/W fakes per accumulated batch, with
-//! its own batch-norm statistics (per rank, as BigGAN-PyTorch's replicas
-//! have), and the gradients are averaged once per update. Rank r's k-th
-//! batch draws the latents (and reads the data) a single process with
-//! batch B/W and accumulation A x W draws for its batch k x W + r, so such
-//! a run is the reference the 2-rank test is held to; spectral norm's power
-//! iteration, which moves once per training forward, is moved W - 1 more
-//! times per forward on each rank for the same reason (a few
-//! matrix-vector products per layer). Batch-norm running statistics are
-//! rank 0's. Rank 0 alone reads a checkpoint (its state is broadcast) and
-//! writes anything.
+//! Data-parallel ([`Dist`]): `batch_size` is the global batch of one
+//! accumulation step, so an update sees `batch_size x accumulation` images
+//! whatever the number of ranks. Each of the W ranks takes B/W real images
+//! and B/W fakes per accumulated batch, and the gradients are averaged once
+//! per update. Batch norm (in G; D has none) takes its moments either over
+//! each rank's B/W images, as BigGAN-PyTorch's replicas do, or with
+//! `sync_bn` over all B, as compare_gan's cross-replica batch norm does:
+//! - per rank: rank r's k-th batch draws the latents (and reads the data) a
+//!   single process with batch B/W and accumulation A x W draws for its
+//!   batch k x W + r, so such a run is the reference the 2-rank test is held
+//!   to; spectral norm's power iteration, which moves once per training
+//!   forward, is moved W - 1 more times per forward on each rank for the
+//!   same reason (a few matrix-vector products per layer). Batch-norm
+//!   running statistics are rank 0's.
+//! - `sync_bn`: rank r's k-th batch is the r-th slice of a single process's
+//!   k-th batch of B (latents and data), and that process is the reference;
+//!   the running statistics are the whole batch's on every rank.
+//!
+//! Rank 0 alone reads a checkpoint (its state is broadcast) and writes
+//! anything.
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -72,14 +80,28 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     pub sample_every: u64,
     pub log_every: u64,
+    /// Steps between scorings of the EMA generator (0: none).
+    #[serde(default)]
+    pub eval_every: u64,
     pub keep_checkpoints: usize,
     pub standing_batches: usize,
     pub grid_rows: i64,
     pub grid_cols: i64,
     pub bf16: bool,
+    /// Batch-norm moments over every rank's images (see the module doc).
+    #[serde(default)]
+    pub sync_bn: bool,
     /// compare_gan's distorted crops of the stored images, resized to the
     /// model's resolution, instead of the stored images as they are.
     pub distorted_crops: bool,
+}
+
+/// Scores the EMA generator while it trains (`train-gan --eval-every`, as
+/// compare_gan and BigGAN-PyTorch score their checkpoints): figures such
+/// as FID and IS, logged under their names beside the losses. The loop
+/// calls it on rank 0, after recomputing the standing statistics.
+pub trait Scorer {
+    fn score(&mut self, g: &Generator, step: u64) -> Result<Vec<(String, f64)>>;
 }
 
 /// Mean of each scalar since the last log line.
@@ -184,7 +206,11 @@ impl Gan {
         let vs_g = VarStore::new(device);
         let vs_d = VarStore::new(device);
         let vs_ema = VarStore::new(device);
-        let g = Generator::new(&vs_g.root(), &cfg.model, &LayerCtx::new(cfg.bf16));
+        let g_ctx = LayerCtx::new(cfg.bf16);
+        if cfg.sync_bn && world > 1 {
+            g_ctx.set_sync_bn(dist);
+        }
+        let g = Generator::new(&vs_g.root(), &cfg.model, &g_ctx);
         let d = Discriminator::new(&vs_d.root(), &cfg.model, &LayerCtx::new(cfg.bf16));
         let g_ema = Generator::new(&vs_ema.root(), &cfg.model, &LayerCtx::new(false));
         let ema = Ema::new(&vs_g, &vs_ema, cfg.ema_decay, cfg.ema_start);
@@ -215,15 +241,62 @@ impl Gan {
         k * self.dist.world() as u64 + self.dist.rank() as u64
     }
 
+    /// Whether batch norm takes its moments over every rank's images.
+    fn synced(&self) -> bool {
+        self.cfg.sync_bn && self.dist.world() > 1
+    }
+
     /// Runs a training forward of the network in `vs` as this rank's share
-    /// of the job's: spectral norm moves for the ranks before it, then for
-    /// those after it, as one process running all of them in turn would.
-    fn forward<T>(&self, vs: &VarStore, f: impl FnOnce() -> T) -> T {
+    /// of the job's: without `sync_bn`, spectral norm moves for the ranks
+    /// before it, then for those after it, as one process running all of
+    /// them in turn would (with it, the reference runs one forward too).
+    fn forward<T>(&self, vs: &VarStore, f: impl FnOnce() -> T) -> Result<T> {
         let (r, w) = (self.dist.rank() as u64, self.dist.world() as u64);
-        advance_spectral_norms(vs, r);
+        let advance = !self.synced();
+        if advance {
+            advance_spectral_norms(vs, r);
+        }
         let out = f();
-        advance_spectral_norms(vs, w - 1 - r);
-        out
+        if advance {
+            advance_spectral_norms(vs, w - 1 - r);
+        }
+        match self.g.ctx.take_failure() {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// This rank's rows of a per-batch draw of `local_batch x W` rows
+    /// (`sync_bn`: its slice of the whole batch's draw), else all of `t`.
+    fn my_rows(&self, t: Tensor) -> Tensor {
+        if self.synced() {
+            t.narrow(
+                0,
+                self.dist.rank() as i64 * self.local_batch,
+                self.local_batch,
+            )
+        } else {
+            t
+        }
+    }
+
+    /// Rows drawn per batch: the whole batch with `sync_bn` (each rank keeps its slice).
+    fn drawn(&self) -> i64 {
+        if self.synced() {
+            self.cfg.batch_size
+        } else {
+            self.local_batch
+        }
+    }
+
+    /// The number `seed_all` takes for this rank's k-th batch: the
+    /// reference process's batch this one is (a share of).
+    fn draw_index(&self, k: u64) -> u64 {
+        if self.synced() {
+            k
+        } else {
+            self.micro(k)
+        }
     }
 
     /// Makes every rank's weights, EMA and optimiser state rank 0's.
@@ -249,11 +322,11 @@ impl Gan {
 
     /// z and sampled labels for the fakes of (step, phase, k).
     fn latents(&self, step: u64, phase: u64, k: u64) -> (Tensor, Tensor) {
-        seed_all(self.cfg.seed, &[step, phase, self.micro(k)]);
-        let b = self.local_batch;
+        seed_all(self.cfg.seed, &[step, phase, self.draw_index(k)]);
+        let b = self.drawn();
         let z = Tensor::randn([b, self.cfg.model.z_dim], (Kind::Float, self.device));
         let y = Tensor::randint(self.cfg.model.n_classes, [b], (Kind::Int64, self.device));
-        (z, y)
+        (self.my_rows(z), self.my_rows(y))
     }
 
     /// Moves a loader batch to the device with the labels the mode projects.
@@ -277,8 +350,18 @@ impl Gan {
             }
             RealLabels::Random => {
                 seed_all(self.cfg.seed, &[step, 7, k]);
+                let drawn = if self.synced() {
+                    self.cfg.batch_size
+                } else {
+                    b
+                };
+                let y = Tensor::randint(
+                    self.cfg.model.n_classes,
+                    [drawn],
+                    (Kind::Int64, self.device),
+                );
                 (
-                    Tensor::randint(self.cfg.model.n_classes, [b], (Kind::Int64, self.device)),
+                    self.my_rows(y),
                     Tensor::ones([b], (Kind::Bool, self.device)),
                 )
             }
@@ -317,7 +400,7 @@ impl Gan {
             let (z, yf) = self.latents(step, 1 + d, k as u64);
             let b = self.local_batch;
             let fake =
-                tch::no_grad(|| self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true)));
+                tch::no_grad(|| self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true)))?;
             let (rx, ry, rk) = match &self.layout {
                 Some(l) => (
                     l.append_images(&real.images),
@@ -338,7 +421,7 @@ impl Gan {
             let known = Tensor::cat(&[rk, Tensor::ones([b], (Kind::Bool, self.device))], 0);
             let o = self.forward(&self.vs_d, || {
                 self.d.forward_t(&x, self.projection(&y, &known), true)
-            });
+            })?;
             let (lr, lf) = d_hinge(&o.logit.narrow(0, 0, b), &o.logit.narrow(0, r, b));
             let mut loss = &lr + &lf;
             out.add("d/loss_real", finite(step, "D hinge loss (real)", &lr)?);
@@ -393,7 +476,7 @@ impl Gan {
         for k in 0..accum {
             let (z, yf) = self.latents(step, 0, k as u64);
             let b = self.local_batch;
-            let fake = self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true));
+            let fake = self.forward(&self.vs_g, || self.g.forward_t(&z, &yf, true))?;
             let (fx, fy) = match &self.layout {
                 Some(l) => (l.append_images(&fake), l.append_rows(&yf)),
                 None => (fake, yf),
@@ -402,7 +485,7 @@ impl Gan {
                 RealLabels::None => Projection::None,
                 _ => Projection::Labels(&fy),
             };
-            let o = self.forward(&self.vs_d, || self.d.forward_t(&fx, proj, true));
+            let o = self.forward(&self.vs_d, || self.d.forward_t(&fx, proj, true))?;
             let gl = g_hinge(&o.logit.narrow(0, 0, b));
             out.add("g/loss_adv", finite(step, "G hinge loss", &gl)?);
             let mut loss = gl;
@@ -436,8 +519,8 @@ impl Gan {
         t
     }
 
-    /// The EMA generator's grid from fixed z (standing stats first).
-    pub fn grid(&self) -> Result<(Vec<u8>, u32, u32)> {
+    /// Recomputes the EMA generator's standing batch-norm statistics.
+    fn standing(&self) {
         standing_stats(
             &self.g_ema,
             self.cfg.standing_batches,
@@ -445,6 +528,11 @@ impl Gan {
             self.cfg.seed,
             self.device,
         );
+    }
+
+    /// The EMA generator's grid from fixed z (standing stats first).
+    pub fn grid(&self) -> Result<(Vec<u8>, u32, u32)> {
+        self.standing();
         let (z, y, rows, cols) = grid_inputs(
             &self.cfg.model,
             self.cfg.grid_rows,
@@ -461,6 +549,8 @@ impl Gan {
 #[derive(Debug, Clone, Serialize)]
 pub struct TrainOutcome {
     pub steps: u64,
+    /// The scorer's figures at each step it ran (this process's run only).
+    pub evals: Vec<(u64, Vec<(String, f64)>)>,
     pub resumed_from: u64,
     pub g_params: i64,
     pub d_params: i64,
@@ -473,7 +563,8 @@ pub struct TrainOutcome {
 /// Trains in `out` (checkpoints/, samples/, tensorboard/, metrics.jsonl,
 /// then model.json and ema.safetensors), resuming from the newest
 /// checkpoint there when `resume` is set. As one rank of `dist`, only rank
-/// 0 reads the checkpoint and writes.
+/// 0 reads the checkpoint and writes. With `cfg.eval_every`, rank 0 scores
+/// the EMA generator with `scorer` every that many steps and at the last.
 pub fn train(
     cfg: &TrainConfig,
     files: Vec<PathBuf>,
@@ -481,6 +572,7 @@ pub fn train(
     device: Device,
     resume: bool,
     dist: Dist,
+    mut scorer: Option<&mut dyn Scorer>,
 ) -> Result<TrainOutcome> {
     if device.is_cuda() {
         tch::Cuda::cudnn_set_benchmark(true);
@@ -546,6 +638,7 @@ pub fn train(
 
     let mut scalars = Scalars::default();
     let mut last = BTreeMap::new();
+    let mut evals: Vec<(u64, Vec<(String, f64)>)> = Vec::new();
     let (mut t_data, mut t_train) = (0.0, 0.0);
     let mut images_since = 0u64;
     let mut since = Instant::now();
@@ -570,7 +663,7 @@ pub fn train(
                 } else {
                     b.images
                 };
-                let k = gan.micro(k as u64);
+                let k = gan.draw_index(k as u64);
                 batches.push(gan.real_batch(&images, &b.labels, step, d * 1000 + k));
             }
             let t1 = Instant::now();
@@ -588,13 +681,23 @@ pub fn train(
         }
 
         let last_step = step == cfg.steps;
-        if step % cfg.log_every == 0 || last_step {
+        let eval_now = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || last_step);
+        if step % cfg.log_every == 0 || last_step || eval_now {
             let secs = since.elapsed().as_secs_f64();
             images_per_s = images_since as f64 / secs.max(1e-9);
             images_since = 0;
-            since = Instant::now();
             let mut vals = scalars.take(dist)?;
             vals.push(("speed/images_per_s".to_string(), images_per_s));
+            // The scoring is not training: its time stays out of images/s.
+            if let (true, Some(sc), true) = (eval_now, scorer.as_mut(), writes) {
+                gan.standing();
+                let t_eval = Instant::now();
+                let figures = sc.score(&gan.g_ema, step)?;
+                vals.extend(figures.iter().map(|(k, v)| (format!("eval/{k}"), *v)));
+                vals.push(("eval/seconds".to_string(), t_eval.elapsed().as_secs_f64()));
+                evals.push((step, figures));
+            }
+            since = Instant::now();
             let mut rec = serde_json::Map::new();
             rec.insert("step".into(), json!(step));
             for (k, v) in &vals {
@@ -634,6 +737,7 @@ pub fn train(
     bar.finish_and_clear();
     let outcome = TrainOutcome {
         steps: cfg.steps,
+        evals,
         resumed_from: start,
         g_params: parameter_count(&gan.vs_g),
         d_params: parameter_count(&gan.vs_d),

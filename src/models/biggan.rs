@@ -2,9 +2,19 @@
 //! Fidelity Natural Image Synthesis", ICLR 2019) as used by S3GAN (Lucic et
 //! al. 2019): ResNet generator with hierarchical z and a shared class
 //! embedding feeding conditional batch norm, projection discriminator,
-//! self-attention, spectral norm everywhere, orthogonal init. The layout
-//! follows BigGAN-PyTorch (`BigGAN.py`: `G_arch`, `D_arch`), written here as
+//! self-attention, spectral norm everywhere, orthogonal init. The layout is
 //! data ([`g_arch`], [`d_arch`]) so 32x32, 64x64 and 128x128 share the code.
+//!
+//! Two variants ([`GanArch`], docs/method.md "The two BigGANs"): the one of
+//! compare_gan (`architectures/resnet_biggan.py`, the paper's own code) and
+//! the one of BigGAN-PyTorch (`BigGAN.py`). They differ in four places:
+//! the conditional batch norm's gain (`gamma(c)` vs `1 + gamma(c)`), G's
+//! upsampling (compare_gan's `unpool`, which puts each value at the top-left
+//! of its 2x2 and zeros elsewhere, vs nearest neighbour), D's residual path
+//! (compare_gan adds a 1x1-convolution shortcut only where the channels
+//! change, so the last D block has none; BigGAN-PyTorch adds the identity
+//! there), and biases in the attention block's 1x1 convolutions (none in
+//! compare_gan); and, at 32x32 and 64x64, in their channel tables.
 //!
 //! The discriminator also carries the S3GAN heads on its pooled
 //! representation: a linear class predictor (co-training) and a 4-way
@@ -22,11 +32,40 @@ use crate::models::layers::{
     SnLinear,
 };
 
+/// Which implementation's BigGAN (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GanArch {
+    /// google/compare_gan's `resnet_biggan`, the paper's.
+    CompareGan,
+    /// ajbrock/BigGAN-PyTorch's `BigGAN.py` (what this tool trained before
+    /// the choice existed, so models without the field read as it).
+    #[default]
+    BigganPytorch,
+}
+
+impl GanArch {
+    /// The conditional batch norm's gain is `offset + gamma(c)`.
+    pub fn gain_offset(self) -> f64 {
+        match self {
+            GanArch::CompareGan => 0.0,
+            GanArch::BigganPytorch => 1.0,
+        }
+    }
+    /// Biases in the attention block's 1x1 convolutions.
+    pub fn attention_bias(self) -> bool {
+        self == GanArch::BigganPytorch
+    }
+}
+
 /// The networks' shape. `n_classes`, `conditional` and the heads are set
 /// from the training mode; the presets fix the rest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// compare_gan's or BigGAN-PyTorch's layout.
+    #[serde(default)]
+    pub arch: GanArch,
     /// Output side in pixels: 32, 64 or 128.
     pub resolution: i64,
     /// Channel multiplier (BigGAN: 96 at 128x128).
@@ -50,6 +89,7 @@ impl Config {
     /// BigGAN at 128x128, ch = 96 (about 70M parameters in G, 88M in D).
     pub fn biggan_128() -> Self {
         Config {
+            arch: GanArch::default(),
             resolution: 128,
             ch: 96,
             z_dim: 120,
@@ -120,7 +160,9 @@ fn times(ch: i64, m: &[i64]) -> Vec<i64> {
     m.iter().map(|x| x * ch).collect()
 }
 
-/// G's blocks (BigGAN-PyTorch `G_arch`): every block upsamples 2x from 4x4.
+/// G's blocks (BigGAN-PyTorch `G_arch`; compare_gan's `Generator` has the
+/// same channel multipliers at every resolution): every block upsamples 2x
+/// from 4x4.
 pub fn g_arch(resolution: i64, ch: i64) -> Arch {
     let (i, o): (&[i64], &[i64]) = match resolution {
         128 => (&[16, 16, 8, 4, 2], &[16, 8, 4, 2, 1]),
@@ -136,20 +178,29 @@ pub fn g_arch(resolution: i64, ch: i64) -> Arch {
     }
 }
 
-/// D's blocks (BigGAN-PyTorch `D_arch`); the first block's input is RGB.
-pub fn d_arch(resolution: i64, ch: i64) -> Arch {
-    let (i, o, down): (&[i64], &[i64], &[bool]) = match resolution {
-        128 => (
+/// D's blocks (BigGAN-PyTorch `D_arch`, compare_gan `Discriminator`'s
+/// channel multipliers); the first block's input is RGB. The two agree at
+/// 128; compare_gan's last block never downsamples, and at 32 and 64 its
+/// channels differ.
+pub fn d_arch(arch: GanArch, resolution: i64, ch: i64) -> Arch {
+    let (i, o, down): (&[i64], &[i64], &[bool]) = match (arch, resolution) {
+        (_, 128) => (
             &[1, 2, 4, 8, 16],
             &[1, 2, 4, 8, 16, 16],
             &[true, true, true, true, true, false],
         ),
-        64 => (
+        (GanArch::BigganPytorch, 64) => (
             &[1, 2, 4, 8],
             &[1, 2, 4, 8, 16],
             &[true, true, true, true, false],
         ),
-        _ => (&[4, 4, 4], &[4, 4, 4, 4], &[true, true, false, false]),
+        (GanArch::CompareGan, 64) => (
+            &[2, 4, 8, 16],
+            &[2, 4, 8, 16, 16],
+            &[true, true, true, true, false],
+        ),
+        (GanArch::BigganPytorch, _) => (&[4, 4, 4], &[4, 4, 4, 4], &[true, true, false, false]),
+        (GanArch::CompareGan, _) => (&[2, 2, 2], &[2, 2, 2, 2], &[true, true, true, false]),
     };
     let mut in_ch = vec![3];
     in_ch.extend(times(ch, i));
@@ -178,11 +229,25 @@ struct GBlock {
     conv2: SnConv2d,
     conv_sc: Option<SnConv2d>,
     up: bool,
+    arch: GanArch,
 }
 
-fn upsample(x: &Tensor) -> Tensor {
+/// 2x upsampling: nearest neighbour (BigGAN-PyTorch), or compare_gan's
+/// `unpool`: each value at the top-left of its 2x2 block, zeros elsewhere.
+/// [N, C, H, W] -> [N, C, 2H, 2W].
+fn upsample(x: &Tensor, arch: GanArch) -> Tensor {
     let s = x.size();
-    x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0)
+    match arch {
+        GanArch::BigganPytorch => x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0),
+        GanArch::CompareGan => {
+            let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+            // [N, C, H, W, 2] -> [N, C, H, 2W]: zeros after each column.
+            let cols =
+                Tensor::stack(&[x.shallow_clone(), x.zeros_like()], 4).view([n, c, h, 2 * w]);
+            // [N, C, H, 2, 2W] -> [N, C, 2H, 2W]: a row of zeros after each row.
+            Tensor::stack(&[cols.shallow_clone(), cols.zeros_like()], 3).view([n, c, 2 * h, 2 * w])
+        }
+    }
 }
 
 fn downsample(x: &Tensor) -> Tensor {
@@ -190,23 +255,34 @@ fn downsample(x: &Tensor) -> Tensor {
 }
 
 impl GBlock {
-    fn new(p: Path, c_in: i64, c_out: i64, cond: i64, up: bool, ctx: &Arc<LayerCtx>) -> Self {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        p: Path,
+        c_in: i64,
+        c_out: i64,
+        cond: i64,
+        up: bool,
+        arch: GanArch,
+        ctx: &Arc<LayerCtx>,
+    ) -> Self {
+        let offset = arch.gain_offset();
         GBlock {
-            bn1: ConditionalBatchNorm::new(&p / "bn1", c_in, cond, ctx),
+            bn1: ConditionalBatchNorm::new(&p / "bn1", c_in, cond, offset, ctx),
             conv1: SnConv2d::new(&p / "conv1", c_in, c_out, 3, ctx),
-            bn2: ConditionalBatchNorm::new(&p / "bn2", c_out, cond, ctx),
+            bn2: ConditionalBatchNorm::new(&p / "bn2", c_out, cond, offset, ctx),
             conv2: SnConv2d::new(&p / "conv2", c_out, c_out, 3, ctx),
             conv_sc: (c_in != c_out || up)
                 .then(|| SnConv2d::new(&p / "conv_sc", c_in, c_out, 1, ctx)),
             up,
+            arch,
         }
     }
     fn forward_t(&self, x: &Tensor, cond: &Tensor, train: bool) -> Tensor {
         let mut h = self.bn1.forward_t(x, cond, train).relu();
         let mut sc = x.shallow_clone();
         if self.up {
-            h = upsample(&h);
-            sc = upsample(&sc);
+            h = upsample(&h, self.arch);
+            sc = upsample(&sc, self.arch);
         }
         let h = self.conv1.forward_t(&h, train);
         let h = self.bn2.forward_t(&h, cond, train).relu();
@@ -260,13 +336,17 @@ impl Generator {
                 arch.out_ch[k],
                 cond,
                 arch.resample[k],
+                cfg.arch,
                 ctx,
             ));
-            attention.push(
-                cfg.attention
-                    .contains(&arch.resolution[k])
-                    .then(|| SelfAttention::new(p / format!("attn{k}"), arch.out_ch[k], ctx)),
-            );
+            attention.push(cfg.attention.contains(&arch.resolution[k]).then(|| {
+                SelfAttention::new(
+                    p / format!("attn{k}"),
+                    arch.out_ch[k],
+                    cfg.arch.attention_bias(),
+                    ctx,
+                )
+            }));
         }
         let last = *arch.out_ch.last().expect("G has blocks");
         Generator {
@@ -323,24 +403,41 @@ impl Generator {
     }
 }
 
-/// D's residual block (BigGAN-PyTorch `DBlock`, wide): pre-activation except
-/// the first block; the shortcut is a 1x1 conv when channels or size change.
+/// D's residual block (BigGAN-PyTorch `DBlock`, wide; compare_gan
+/// `BigGanResNetBlock`): pre-activation except the first block (whose
+/// input is the image). BigGAN-PyTorch's shortcut is a 1x1 conv when
+/// channels or size change, else the identity; compare_gan's is a 1x1 conv
+/// when the channels change, else there is none.
 #[derive(Debug)]
 struct DBlock {
     conv1: SnConv2d,
     conv2: SnConv2d,
     conv_sc: Option<SnConv2d>,
+    /// Whether the block adds its input (or its 1x1 conv) back.
+    residual: bool,
     preactivation: bool,
     down: bool,
 }
 
 impl DBlock {
-    fn new(p: Path, c_in: i64, c_out: i64, pre: bool, down: bool, ctx: &Arc<LayerCtx>) -> Self {
+    fn new(
+        p: Path,
+        c_in: i64,
+        c_out: i64,
+        pre: bool,
+        down: bool,
+        arch: GanArch,
+        ctx: &Arc<LayerCtx>,
+    ) -> Self {
+        let conv_shortcut = match arch {
+            GanArch::BigganPytorch => c_in != c_out || down,
+            GanArch::CompareGan => c_in != c_out,
+        };
         DBlock {
             conv1: SnConv2d::new(&p / "conv1", c_in, c_out, 3, ctx),
             conv2: SnConv2d::new(&p / "conv2", c_out, c_out, 3, ctx),
-            conv_sc: (c_in != c_out || down)
-                .then(|| SnConv2d::new(&p / "conv_sc", c_in, c_out, 1, ctx)),
+            conv_sc: conv_shortcut.then(|| SnConv2d::new(&p / "conv_sc", c_in, c_out, 1, ctx)),
+            residual: conv_shortcut || arch == GanArch::BigganPytorch,
             preactivation: pre,
             down,
         }
@@ -355,6 +452,9 @@ impl DBlock {
         let mut h = self.conv2.forward_t(&h, train);
         if self.down {
             h = downsample(&h);
+        }
+        if !self.residual {
+            return h;
         }
         let mut sc = x.shallow_clone();
         if self.preactivation {
@@ -417,7 +517,7 @@ pub enum Projection<'a> {
 
 impl Discriminator {
     pub fn new(p: &Path, cfg: &Config, ctx: &Arc<LayerCtx>) -> Self {
-        let arch = d_arch(cfg.resolution, cfg.ch);
+        let arch = d_arch(cfg.arch, cfg.resolution, cfg.ch);
         let mut blocks = Vec::new();
         let mut attention = Vec::new();
         for k in 0..arch.out_ch.len() {
@@ -427,6 +527,7 @@ impl Discriminator {
                 arch.out_ch[k],
                 k > 0,
                 arch.resample[k],
+                cfg.arch,
                 ctx,
             ));
             // Attention after the first block that lands on an attention resolution.
@@ -435,10 +536,15 @@ impl Discriminator {
                 .iter()
                 .position(|r| *r == arch.resolution[k])
                 == Some(k);
-            attention.push(
-                (first && arch.resample[k] && cfg.attention.contains(&arch.resolution[k]))
-                    .then(|| SelfAttention::new(p / format!("attn{k}"), arch.out_ch[k], ctx)),
-            );
+            let here = first && arch.resample[k] && cfg.attention.contains(&arch.resolution[k]);
+            attention.push(here.then(|| {
+                SelfAttention::new(
+                    p / format!("attn{k}"),
+                    arch.out_ch[k],
+                    cfg.arch.attention_bias(),
+                    ctx,
+                )
+            }));
         }
         let last = *arch.out_ch.last().expect("D has blocks");
         Discriminator {
@@ -581,16 +687,14 @@ mod tests {
         (parameter_count(&vg), parameter_count(&vd))
     }
 
-    /// BigGAN 128x128 at ch = 96 has about 70M parameters in G and 88M in D
-    /// (METHOD.md). Counts are quadratic in ch (for ch a multiple of 8), so
-    /// three small builds give the ch = 96 count exactly without allocating
-    /// 158M weights; it equals the PyTorch model of benches/gan/biggan_torch.py:
-    /// `sum(p.numel() for p in Generator(128, 96, 1000, [64]).parameters())`.
-    #[test]
-    fn biggan_128_has_70m_and_88m_parameters() {
+    /// Parameters of BigGAN 128x128 at ch = 96. Counts are quadratic in ch
+    /// (for ch a multiple of 8), so three small builds give the ch = 96
+    /// count exactly without allocating 158M weights.
+    fn counts_at_96(arch: GanArch) -> (i64, i64) {
         let at = |ch: i64| {
             counts(&Config {
                 ch,
+                arch,
                 ..Config::biggan_128()
             })
         };
@@ -602,10 +706,69 @@ mod tests {
             let (d1, d2) = (b - a, c - 2 * b + a);
             a + 11 * d1 + 11 * 10 / 2 * d2
         };
-        let (g, d) = (extrapolate(g8, g16, g24), extrapolate(d8, d16, d24));
-        println!("BigGAN 128x128 ch 96: G {g} parameters, D {d} parameters");
-        assert_eq!(g, 70_434_324);
-        assert_eq!(d, 87_982_538);
+        (extrapolate(g8, g16, g24), extrapolate(d8, d16, d24))
+    }
+
+    /// compare_gan's `resnet_biggan.py` states its 128x128 counts in its
+    /// docstring: D 87,982,370 and G 70,433,988 (docs/method.md).
+    #[test]
+    fn compare_gan_variant_has_compare_gans_parameter_count() {
+        let (g, d) = counts_at_96(GanArch::CompareGan);
+        assert_eq!((g, d), (70_433_988, 87_982_370));
+    }
+
+    /// The BigGAN-PyTorch variant equals the PyTorch model of
+    /// benches/gan/biggan_torch.py: `sum(p.numel() for p in
+    /// Generator(128, 96, 1000, [64]).parameters())`; the 336 (G) and 168
+    /// (D) over compare_gan's are the attention blocks' biases.
+    #[test]
+    fn biggan_pytorch_variant_has_70m_and_88m_parameters() {
+        let (g, d) = counts_at_96(GanArch::BigganPytorch);
+        assert_eq!((g, d), (70_434_324, 87_982_538));
+    }
+
+    /// compare_gan's unpool: values at even rows and columns, zeros between.
+    #[test]
+    fn unpool_puts_each_value_at_the_top_left_of_its_block() {
+        let x = Tensor::from_slice(&[1f32, 2., 3., 4.]).view([1, 1, 2, 2]);
+        let y = upsample(&x, GanArch::CompareGan);
+        let want = [
+            1f32, 0., 2., 0., //
+            0., 0., 0., 0., //
+            3., 0., 4., 0., //
+            0., 0., 0., 0.,
+        ];
+        assert_eq!(y.size(), vec![1, 1, 4, 4]);
+        assert_eq!(Vec::<f32>::try_from(y.flatten(0, -1)).unwrap(), want);
+    }
+
+    /// The compare_gan variant at every resolution: the same shapes, and a
+    /// last D block that is its convolutions alone (no residual path).
+    #[test]
+    fn compare_gan_variant_runs_at_every_resolution() {
+        tch::manual_seed(3);
+        for res in [32, 64, 128] {
+            let cfg = Config {
+                arch: GanArch::CompareGan,
+                ..tiny(res)
+            };
+            let ctx = LayerCtx::new(false);
+            let (vg, vd) = (VarStore::new(Device::Cpu), VarStore::new(Device::Cpu));
+            let g = Generator::new(&vg.root(), &cfg, &ctx);
+            let d = Discriminator::new(&vd.root(), &cfg, &ctx);
+            let z = Tensor::randn([2, cfg.z_dim], (Kind::Float, Device::Cpu));
+            let y = Tensor::from_slice(&[0i64, 2]);
+            let x = g.forward_t(&z, &y, true);
+            assert_eq!(x.size(), vec![2, 3, res, res]);
+            let out = d.forward_t(&x, Projection::Labels(&y), true);
+            assert_eq!(out.logit.size(), vec![2]);
+            let last = d.blocks.last().unwrap();
+            assert!(!last.residual && last.conv_sc.is_none(), "{res}");
+            assert!(vd
+                .variables()
+                .keys()
+                .all(|k| !k.contains("attn") || !k.ends_with(".bias")));
+        }
     }
 
     #[test]
@@ -613,7 +776,12 @@ mod tests {
         let g = g_arch(128, 96);
         assert_eq!(g.in_ch, vec![1536, 1536, 768, 384, 192]);
         assert_eq!(g.resolution, vec![8, 16, 32, 64, 128]);
-        let d = d_arch(128, 96);
+        let d = d_arch(GanArch::BigganPytorch, 128, 96);
+        assert_eq!(d, d_arch(GanArch::CompareGan, 128, 96));
+        // compare_gan's 32x32 D: [2, 2, 2, 2] x ch, the last block not downsampling.
+        let d32 = d_arch(GanArch::CompareGan, 32, 8);
+        assert_eq!(d32.out_ch, vec![16, 16, 16, 16]);
+        assert_eq!(d32.resolution, vec![16, 8, 4, 4]);
         assert_eq!(d.in_ch, vec![3, 96, 192, 384, 768, 1536]);
         assert_eq!(d.out_ch, vec![96, 192, 384, 768, 1536, 1536]);
         assert_eq!(d.resolution, vec![64, 32, 16, 8, 4, 4]);

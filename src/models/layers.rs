@@ -8,14 +8,19 @@
 //!
 //! Layers share a [`LayerCtx`]: whether spectral norm may update its vector
 //! (off while recomputing standing statistics), the batch-norm momentum
-//! (changed for standing statistics) and the compute precision (bf16 runs
+//! (changed for standing statistics), the compute precision (bf16 runs
 //! convolutions and matrix products in bfloat16 with fp32 master weights and
-//! fp32 batch norm, which is what `torch.autocast(dtype=bfloat16)` does).
+//! fp32 batch norm, which is what `torch.autocast(dtype=bfloat16)` does),
+//! and, for data-parallel training, the job whose ranks' images batch norm
+//! takes its moments over (compare_gan's cross-replica batch norm).
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tch::nn::{Init, Path};
 use tch::{Kind, Tensor};
+
+use crate::dist::Dist;
+use crate::error::Error;
 
 /// Settings every layer of one network reads at forward time.
 #[derive(Debug)]
@@ -23,6 +28,11 @@ pub struct LayerCtx {
     sn_update: AtomicBool,
     bn_momentum: AtomicU64,
     bf16: AtomicBool,
+    /// Training batch norm over every rank of this job.
+    sync_bn: Mutex<Option<Dist>>,
+    /// The first failure of a cross-replica batch norm (forwards return
+    /// tensors, not results: the training loop asks after each one).
+    failure: Mutex<Option<Error>>,
 }
 
 impl LayerCtx {
@@ -31,7 +41,28 @@ impl LayerCtx {
             sn_update: AtomicBool::new(true),
             bn_momentum: AtomicU64::new(0.1f64.to_bits()),
             bf16: AtomicBool::new(bf16),
+            sync_bn: Mutex::new(None),
+            failure: Mutex::new(None),
         })
+    }
+    /// Training-mode batch norm takes its moments over every rank of
+    /// `dist` (every rank must then run the same forwards and backwards).
+    pub fn set_sync_bn(&self, dist: Dist) {
+        *self.sync_bn.lock().unwrap_or_else(|e| e.into_inner()) = Some(dist);
+    }
+    fn sync_bn(&self) -> Option<Dist> {
+        *self.sync_bn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    /// The first cross-replica batch-norm failure since the last call.
+    pub fn take_failure(&self) -> Option<Error> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+    fn fail(&self, e: Error) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(e);
     }
     pub fn set_sn_update(&self, on: bool) {
         self.sn_update.store(on, Ordering::Relaxed)
@@ -175,16 +206,26 @@ impl SpectralNorm {
 #[derive(Debug)]
 pub struct SnConv2d {
     sn: SpectralNorm,
-    bias: Tensor,
+    bias: Option<Tensor>,
     padding: i64,
     ctx: Arc<LayerCtx>,
 }
 
 impl SnConv2d {
     pub fn new(p: Path, c_in: i64, c_out: i64, k: i64, ctx: &Arc<LayerCtx>) -> Self {
+        Self::with_bias(p, c_in, c_out, k, true, ctx)
+    }
+    pub fn with_bias(
+        p: Path,
+        c_in: i64,
+        c_out: i64,
+        k: i64,
+        bias: bool,
+        ctx: &Arc<LayerCtx>,
+    ) -> Self {
         SnConv2d {
             sn: SpectralNorm::new(&p, &[c_out, c_in, k, k], ctx),
-            bias: p.zeros("bias", &[c_out]),
+            bias: bias.then(|| p.zeros("bias", &[c_out])),
             padding: k / 2,
             ctx: ctx.clone(),
         }
@@ -194,7 +235,7 @@ impl SnConv2d {
         let w = self.sn.normalized(train).to_kind(kind);
         x.to_kind(kind).conv2d(
             &w,
-            Some(self.bias.to_kind(kind)),
+            self.bias.as_ref().map(|b| b.to_kind(kind)),
             [1, 1],
             [self.padding, self.padding],
             [1, 1],
@@ -265,7 +306,18 @@ impl Norm {
     }
     /// Normalises in fp32 whatever the compute precision (as autocast does).
     fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        x.to_kind(Kind::Float).batch_norm::<&Tensor>(
+        let x = x.to_kind(Kind::Float);
+        if let (true, Some(dist)) = (train, self.ctx.sync_bn()) {
+            match dist.sync_batch_norm(&x, self.eps) {
+                Ok((y, stats)) => {
+                    self.update_running(&stats);
+                    return y;
+                }
+                // Reported by the training loop; this forward goes on locally.
+                Err(e) => self.ctx.fail(e),
+            }
+        }
+        x.batch_norm::<&Tensor>(
             None,
             None,
             Some(&self.running_mean),
@@ -276,6 +328,19 @@ impl Norm {
             true,
         )
     }
+    /// Moves the running statistics towards (mean, unbiased variance), as
+    /// libtorch's training-mode batch norm does with its own.
+    fn update_running(&self, stats: &Tensor) {
+        let c = self.running_mean.size()[0];
+        let m = self.ctx.bn_momentum();
+        tch::no_grad(|| {
+            for (running, k) in [(&self.running_mean, 0), (&self.running_var, 1)] {
+                let new = stats.narrow(0, k * c, c).to_kind(Kind::Float);
+                let moved = running * (1.0 - m) + new * m;
+                running.shallow_clone().copy_(&moved);
+            }
+        });
+    }
     fn reset(&self) {
         tch::no_grad(|| {
             let _ = self.running_mean.shallow_clone().fill_(0.0);
@@ -284,28 +349,32 @@ impl Norm {
     }
 }
 
-/// Conditional batch norm (de Vries et al. 2017; BigGAN-PyTorch `ccbn`):
-/// `BN(x) * (1 + gain(c)) + bias(c)` with gain and bias spectrally normalised
-/// linear maps (no bias) of the conditioning vector `c` = [z chunk, class embedding].
+/// Conditional batch norm (de Vries et al. 2017): `BN(x) * (offset +
+/// gain(c)) + bias(c)` with gain and bias spectrally normalised linear maps
+/// (no bias) of the conditioning vector `c` = [z chunk, class embedding].
+/// BigGAN-PyTorch's `ccbn` has `offset` 1 (the gain starts near one);
+/// compare_gan's `conditional_batch_norm` has 0 (the gain is the map alone).
 #[derive(Debug)]
 pub struct ConditionalBatchNorm {
     norm: Norm,
     gain: SnLinear,
     bias: SnLinear,
+    gain_offset: f64,
 }
 
 impl ConditionalBatchNorm {
-    pub fn new(p: Path, c: i64, cond_dim: i64, ctx: &Arc<LayerCtx>) -> Self {
+    pub fn new(p: Path, c: i64, cond_dim: i64, gain_offset: f64, ctx: &Arc<LayerCtx>) -> Self {
         ConditionalBatchNorm {
             norm: Norm::new(&p, c, ctx),
             gain: SnLinear::new(&p / "gain", cond_dim, c, false, ctx),
             bias: SnLinear::new(&p / "bias", cond_dim, c, false, ctx),
+            gain_offset,
         }
     }
     /// `x` [N, C, H, W], `cond` [N, cond_dim] -> [N, C, H, W] (fp32).
     pub fn forward_t(&self, x: &Tensor, cond: &Tensor, train: bool) -> Tensor {
         let n = x.size()[0];
-        let g = self.gain.forward_t(cond, train).to_kind(Kind::Float) + 1.0;
+        let g = self.gain.forward_t(cond, train).to_kind(Kind::Float) + self.gain_offset;
         let b = self.bias.forward_t(cond, train).to_kind(Kind::Float);
         self.norm.forward_t(x, train) * g.view([n, -1, 1, 1]) + b.view([n, -1, 1, 1])
     }
@@ -339,9 +408,11 @@ impl BatchNorm {
     }
 }
 
-/// Self-attention (SAGAN; BigGAN-PyTorch `Attention`): theta/phi at C/8
-/// channels, g at C/2, phi and g max-pooled 2x2, output scaled by a learned
-/// `gamma` that starts at 0 so the block starts as the identity.
+/// Self-attention (SAGAN; BigGAN-PyTorch `Attention`, compare_gan
+/// `non_local_block`): theta/phi at C/8 channels, g at C/2, phi and g
+/// max-pooled 2x2, output scaled by a learned `gamma` that starts at 0 so
+/// the block starts as the identity. BigGAN-PyTorch's 1x1 convolutions have
+/// biases, compare_gan's none (`bias`).
 #[derive(Debug)]
 pub struct SelfAttention {
     theta: SnConv2d,
@@ -353,14 +424,14 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    pub fn new(p: Path, ch: i64, ctx: &Arc<LayerCtx>) -> Self {
+    pub fn new(p: Path, ch: i64, bias: bool, ctx: &Arc<LayerCtx>) -> Self {
         let c8 = (ch / 8).max(1);
         let c2 = (ch / 2).max(1);
         SelfAttention {
-            theta: SnConv2d::new(&p / "theta", ch, c8, 1, ctx),
-            phi: SnConv2d::new(&p / "phi", ch, c8, 1, ctx),
-            g: SnConv2d::new(&p / "g", ch, c2, 1, ctx),
-            o: SnConv2d::new(&p / "o", c2, ch, 1, ctx),
+            theta: SnConv2d::with_bias(&p / "theta", ch, c8, 1, bias, ctx),
+            phi: SnConv2d::with_bias(&p / "phi", ch, c8, 1, bias, ctx),
+            g: SnConv2d::with_bias(&p / "g", ch, c2, 1, bias, ctx),
+            o: SnConv2d::with_bias(&p / "o", c2, ch, 1, bias, ctx),
             gamma: p.zeros("gamma", &[1]),
             ch,
         }
@@ -474,11 +545,46 @@ mod tests {
         tch::manual_seed(5);
         let vs = VarStore::new(Device::Cpu);
         let ctx = LayerCtx::new(false);
-        let a = SelfAttention::new(vs.root() / "attn", 16, &ctx);
+        let a = SelfAttention::new(vs.root() / "attn", 16, true, &ctx);
         let x = Tensor::randn([2, 16, 8, 8], (Kind::Float, Device::Cpu));
         let y = a.forward_t(&x, true);
         assert_eq!(y.size(), vec![2, 16, 8, 8]);
         assert!(y.allclose(&x, 1e-6, 1e-6, false));
+    }
+
+    /// The cross-replica batch norm's autograd function, over one rank,
+    /// is libtorch's batch norm: outputs, input gradients and running
+    /// statistics (tests/distributed.rs holds it to one process over the
+    /// whole batch on two ranks).
+    #[test]
+    fn synced_batch_norm_over_one_rank_is_batch_norm() {
+        tch::manual_seed(7);
+        let x = (Tensor::randn([6, 4, 3, 5], (Kind::Float, Device::Cpu)) * 3.0 + 1.5)
+            .set_requires_grad(true);
+        let w = Tensor::randn([6, 4, 3, 5], (Kind::Float, Device::Cpu));
+        let run = |sync: bool| {
+            let vs = VarStore::new(Device::Cpu);
+            let ctx = LayerCtx::new(false);
+            if sync {
+                ctx.set_sync_bn(Dist::single());
+            }
+            let norm = Norm::new(&vs.root(), 4, &ctx);
+            let y = norm.forward_t(&x, true);
+            assert!(ctx.take_failure().is_none());
+            let g = Tensor::run_backward(&[(&y * &w).sum(Kind::Float)], &[&x], false, false);
+            (
+                y.detach(),
+                g[0].shallow_clone(),
+                norm.running_mean.copy(),
+                norm.running_var.copy(),
+            )
+        };
+        let (y0, g0, m0, v0) = run(false);
+        let (y1, g1, m1, v1) = run(true);
+        assert!(y1.allclose(&y0, 1e-5, 1e-5, false), "outputs");
+        assert!(g1.allclose(&g0, 1e-4, 1e-5, false), "input gradients");
+        assert!(m1.allclose(&m0, 1e-5, 1e-6, false), "running mean");
+        assert!(v1.allclose(&v0, 1e-5, 1e-6, false), "running variance");
     }
 
     #[test]
@@ -486,7 +592,7 @@ mod tests {
         tch::manual_seed(6);
         let vs = VarStore::new(Device::Cpu);
         let ctx = LayerCtx::new(false);
-        let bn = ConditionalBatchNorm::new(vs.root() / "bn", 4, 3, &ctx);
+        let bn = ConditionalBatchNorm::new(vs.root() / "bn", 4, 3, 1.0, &ctx);
         let x = Tensor::randn([5, 4, 3, 3], (Kind::Float, Device::Cpu));
         // With a zero condition, gain = 1 and bias = 0: plain batch norm.
         let y = bn.forward_t(&x, &Tensor::zeros([5, 3], (Kind::Float, Device::Cpu)), true);

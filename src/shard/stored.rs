@@ -10,6 +10,12 @@
 //! table without the key (written before it existed) is read by sniffing:
 //! PNG and JPEG by their magic bytes, raw rows when their length is a
 //! square number of RGB pixels.
+//!
+//! A `keep-ratio` table ([`StoredShape::ShorterSide`]) holds whole photos
+//! whose shorter side is `size` (PNG or JPEG only): the training loader
+//! draws compare_gan's crops from them, and every reader that wants a
+//! square takes the centred one ([`decode_square`]), which is what a
+//! `crop` table of the same size would hold.
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
@@ -24,8 +30,29 @@ pub const STORED_IMAGE_KEY: &str = "fewlabels.image";
 pub struct StoredImage {
     /// `png`, `jpeg` or `raw` (serde names of `codec::Codec`).
     pub codec: StoredCodec,
-    /// Side of the square images.
+    /// Side of the square images (of the shorter side for `shorter-side`).
     pub size: u32,
+    /// Squares, or whole photos by their shorter side (left out of the
+    /// metadata for squares, which is what tables without it hold).
+    #[serde(default, skip_serializing_if = "StoredShape::is_square")]
+    pub shape: StoredShape,
+}
+
+/// The shape of a table's stored images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoredShape {
+    /// `size` x `size`.
+    #[default]
+    Square,
+    /// Any aspect ratio, the shorter side `size` (`prepare --resize keep-ratio`).
+    ShorterSide,
+}
+
+impl StoredShape {
+    pub fn is_square(&self) -> bool {
+        *self == StoredShape::Square
+    }
 }
 
 /// The codec of stored rows (the subset of `codec::Codec` a reader needs).
@@ -88,20 +115,42 @@ pub fn decode(bytes: &[u8], format: Option<&StoredImage>) -> Result<RgbImage, St
             .into_rgb8(),
     };
     if let Some(f) = format {
-        if (img.width(), img.height()) != (f.size, f.size) {
-            return Err(format!(
-                "is {}x{} but the table stores {}x{} images",
-                img.width(),
-                img.height(),
-                f.size,
-                f.size
-            ));
+        let (w, h) = (img.width(), img.height());
+        match f.shape {
+            StoredShape::Square if (w, h) != (f.size, f.size) => {
+                return Err(format!(
+                    "is {w}x{h} but the table stores {}x{} images",
+                    f.size, f.size
+                ));
+            }
+            StoredShape::ShorterSide if w.min(h) != f.size => {
+                return Err(format!(
+                    "is {w}x{h} but the table stores images whose shorter side is {}",
+                    f.size
+                ));
+            }
+            _ => {}
         }
     }
     Ok(img)
 }
 
-/// (height, width) of a stored row without decoding its pixels.
+/// Decodes one stored row to its square: the row itself, or for a
+/// `shorter-side` table the centred square of the shorter side (what a
+/// `crop` table of the same size stores: compare_gan's "middle" crop).
+pub fn decode_square(bytes: &[u8], format: Option<&StoredImage>) -> Result<RgbImage, String> {
+    let img = decode(bytes, format)?;
+    let (w, h) = img.dimensions();
+    if w == h {
+        return Ok(img);
+    }
+    let side = w.min(h);
+    let (left, top) = ((w - side) / 2, (h - side) / 2);
+    Ok(image::imageops::crop_imm(&img, left, top, side, side).to_image())
+}
+
+/// (height, width) of a stored row's square (see [`decode_square`])
+/// without decoding its pixels.
 pub fn dimensions(bytes: &[u8], format: Option<&StoredImage>) -> Result<(usize, usize), String> {
     if let Some(f) = format {
         return Ok((f.size as usize, f.size as usize));
@@ -143,10 +192,12 @@ mod tests {
         let raw = StoredImage {
             codec: StoredCodec::Raw,
             size: 5,
+            shape: StoredShape::Square,
         };
         let p = StoredImage {
             codec: StoredCodec::Png,
             size: 5,
+            shape: StoredShape::Square,
         };
         assert_eq!(decode(img.as_raw(), Some(&raw)).unwrap(), img);
         assert_eq!(decode(&png(&img), Some(&p)).unwrap(), img);
@@ -158,9 +209,29 @@ mod tests {
         let other = StoredImage {
             codec: StoredCodec::Raw,
             size: 4,
+            shape: StoredShape::Square,
         };
         assert!(decode(img.as_raw(), Some(&other)).is_err());
         assert!(decode(&png(&img), Some(&StoredImage { size: 4, ..p })).is_err());
+    }
+
+    /// Whole photos by their shorter side: decoded whole, or as the centred
+    /// square; a row whose shorter side is not the table's is refused.
+    #[test]
+    fn shorter_side_rows_decode_whole_or_as_their_centre_square() {
+        let img = RgbImage::from_fn(7, 5, |x, y| image::Rgb([x as u8 * 30, y as u8 * 40, 9]));
+        let f = StoredImage {
+            codec: StoredCodec::Png,
+            size: 5,
+            shape: StoredShape::ShorterSide,
+        };
+        assert_eq!(decode(&png(&img), Some(&f)).unwrap(), img);
+        let square = decode_square(&png(&img), Some(&f)).unwrap();
+        assert_eq!(square.dimensions(), (5, 5));
+        assert_eq!(square.get_pixel(0, 0), img.get_pixel(1, 0));
+        assert_eq!(square.get_pixel(4, 4), img.get_pixel(5, 4));
+        let e = decode(&png(&img), Some(&StoredImage { size: 6, ..f })).unwrap_err();
+        assert!(e.contains("shorter side is 6"), "{e}");
     }
 
     #[test]
@@ -169,9 +240,23 @@ mod tests {
         let f = StoredImage {
             codec: StoredCodec::Jpeg,
             size: 160,
+            shape: StoredShape::Square,
         };
         let with = f.attach(&schema);
         assert_eq!(StoredImage::from_schema(&with), Some(f));
+        // Squares are recorded as before the shape existed.
+        assert_eq!(
+            with.metadata()[STORED_IMAGE_KEY],
+            r#"{"codec":"jpeg","size":160}"#
+        );
+        let whole = StoredImage {
+            shape: StoredShape::ShorterSide,
+            ..f
+        };
+        assert_eq!(
+            StoredImage::from_schema(&whole.attach(&schema)),
+            Some(whole)
+        );
         assert_eq!(StoredImage::from_schema(&schema), None);
         // The other metadata (class names, the Hugging Face features) stays.
         assert_eq!(

@@ -9,6 +9,7 @@ use crate::codec::{Codec, Filter, JpegScaling, PngCompression, Resize};
 use crate::device::DeviceChoice;
 use crate::gan::modes::GanMode;
 use crate::kmeans::{Backend, Init};
+use crate::models::biggan::GanArch;
 use crate::models::resnet::Arch;
 use crate::train::optim::ScheduleKind;
 
@@ -49,6 +50,7 @@ value_enum!(Resize {
     Crop => "crop": "The centred square of the shorter side (the default)",
     Pad => "pad": "The whole image inside the square, centred, on a --pad-color border",
     Squash => "squash": "The whole image resized to the square, aspect ratio not kept",
+    KeepRatio => "keep-ratio": "The whole image, its shorter side resized to --size, aspect ratio kept (not a square; for train-gan's distorted crops)",
 });
 
 value_enum!(Filter {
@@ -72,12 +74,18 @@ value_enum!(GanMode {
     S2gan => "s2gan": "Labels from a pre-trained semi-supervised classifier (pseudo-labels)",
     Clustering => "clustering": "k-means cluster labels (pseudo-labels)",
     S2ganCo => "s2gan-co": "Co-training: a class head on D labels the unlabelled real images",
-    S3gan => "s3gan": "Co-training plus the rotation head",
+    S3gan => "s3gan": "The paper's S3GAN: s2gan's classifier pseudo-labels plus the rotation head in D",
+    S3ganCo => "s3gan-co": "Co-training plus the rotation head (the paper's S3GAN-CO)",
     ClusteringSs => "clustering-ss": "Cluster labels plus the rotation head",
     Ssgan => "ssgan": "Unconditional plus the rotation head",
     Unconditional => "unconditional": "No labels",
     SingleLabel => "single-label": "Every image has class 0",
     RandomLabel => "random-label": "Uniformly random classes",
+});
+
+value_enum!(GanArch {
+    CompareGan => "compare-gan": "google/compare_gan's resnet_biggan, the paper's own (docs/method.md)",
+    BigganPytorch => "biggan-pytorch": "ajbrock/BigGAN-PyTorch's BigGAN.py",
 });
 
 value_enum!(Init {
@@ -135,6 +143,7 @@ mod tests {
         same_names::<Filter>();
         same_names::<DeviceChoice>();
         same_names::<GanMode>();
+        same_names::<GanArch>();
         same_names::<Init>();
         same_names::<Backend>();
         same_names::<Arch>();

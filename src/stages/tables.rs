@@ -61,6 +61,34 @@ pub fn stored_image(dir: &Path, manifest: &Manifest, name: &str) -> Result<Optio
     }
 }
 
+/// The side of a table's images (of their squares; the shorter side of
+/// whole photos) from `file`'s recorded format, or for a table written
+/// before the format was recorded, from its first image.
+pub fn image_side(file: &Path) -> Result<u32> {
+    if let Some(f) = StoredImage::from_schema(shard_schema(file)?.as_ref()) {
+        return Ok(f.size);
+    }
+    for batch in TableReader::new(vec![file.to_path_buf()], Some(&["image"])) {
+        let batch = batch?;
+        if batch.num_rows() > 0 {
+            let bytes = crate::shard::image_bytes(batch.column(0).as_ref(), 0)?;
+            let (h, w) =
+                crate::shard::stored::dimensions(bytes, None).map_err(|e| Error::file(file, e))?;
+            if h != w {
+                return Err(Error::file(
+                    file,
+                    format!("holds {w}x{h} images; the GAN trains on squares"),
+                ));
+            }
+            return Ok(h as u32);
+        }
+    }
+    Err(Error::file(
+        file,
+        "holds no rows; re-run the stage that wrote it",
+    ))
+}
+
 /// The first file of table `name` of a finished stage.
 pub fn first_file(dir: &Path, manifest: &Manifest, name: &str) -> Option<std::path::PathBuf> {
     table_files(dir, manifest, name).into_iter().next()

@@ -1,5 +1,5 @@
 //! Stage `train-gan`: trains the BigGAN of the paper in one of its labelling
-//! modes on the `train/` shards (METHOD.md; compare_gan's settings by
+//! modes on the `train/` shards (docs/method.md; compare_gan's settings by
 //! default: Adam (0, 0.999), lr G 1e-4 / D 5e-4, 2 D steps per G step, batch
 //! 256 x 8 accumulated, EMA 0.9999). Writes `gan/`: checkpoints, sample
 //! grids, metrics.jsonl, TensorBoard event files, and the EMA generator
@@ -14,13 +14,13 @@ use crate::device::{self, DeviceChoice};
 use crate::error::{Error, Result, ResultExt};
 use crate::gan::modes::{check, DataSummary};
 use crate::gan::sample::{load_generator, png, to_rgb8};
-use crate::gan::train::{bench, train, TrainConfig};
+use crate::gan::train::{bench, train, Scorer, TrainConfig};
 use crate::manifest::Manifest;
-use crate::models::biggan::Config;
+use crate::models::biggan::{Config, GanArch};
 use crate::shard::schema::class_names_of;
-use crate::shard::stored::{self, StoredImage};
-use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
+use crate::shard::{shard_schema, table_files, TableReader};
 use crate::stage::{StageName, StageRun};
+use crate::stages::evaluate::GeneratorScorer;
 use crate::stages::{at_least, in_range, positive, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 pub use crate::gan::modes::{GanMode, LabelsNeeded};
@@ -29,7 +29,7 @@ pub use crate::gan::modes::{GanMode, LabelsNeeded};
 #[derive(clap::Args, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Params {
-    /// The labelling mode of the paper (METHOD.md).
+    /// The labelling mode of the paper (docs/method.md).
     #[arg(long, value_enum, default_value_t = GanMode::S2gan)]
     pub mode: GanMode,
     /// Generator updates (BigGAN iterations).
@@ -63,13 +63,24 @@ pub struct Params {
     #[arg(long)]
     pub resolution: Option<i64>,
     /// Training augmentation: `none`, or compare_gan's ImageNet `distorted`
-    /// crops (a square of 50-100% of the stored image's area, redrawn every
-    /// epoch, resized to the resolution; store a larger size with prepare).
+    /// crops (a square of 50-100% of the stored image's area, anywhere in
+    /// it, redrawn every epoch, resized to the resolution; store whole
+    /// photos with `prepare --resize keep-ratio`, at least 1.42 x the
+    /// resolution on the shorter side).
     #[arg(long, value_enum, default_value_t = Augment::None)]
     pub augment: Augment,
     /// Channel multiplier (BigGAN: 96).
     #[arg(long, default_value_t = 96)]
     pub ch: i64,
+    /// Whose BigGAN: compare_gan's (the paper's code) or BigGAN-PyTorch's;
+    /// they differ in four details (docs/method.md, "The two BigGANs").
+    #[arg(long, value_enum, default_value_t = GanArch::BigganPytorch)]
+    pub arch: GanArch,
+    /// Batch-norm statistics over every rank's images (compare_gan's
+    /// cross-replica batch norm) instead of each rank's own; no effect in
+    /// one process.
+    #[arg(long, default_value_t = false)]
+    pub sync_bn: bool,
     /// One in this many images of a batch is rotated (x4 angles) for the rotation loss.
     #[arg(long, default_value_t = 4)]
     pub rotated_batch_fraction: i64,
@@ -90,6 +101,21 @@ pub struct Params {
     pub sample_every: u64,
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
+    /// Score the EMA generator every this many steps and at the last (FID,
+    /// and IS when the Inception network has logits) against the
+    /// reference's cached statistics, into metrics.jsonl, TensorBoard and
+    /// the report; 0 = never. Needs --reference (in a pipeline: [evaluate]
+    /// reference).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Samples per scoring during training (a small sample: its FID sits
+    /// above a 50,000-sample FID of the same generator).
+    #[arg(long, default_value_t = 10_000)]
+    pub eval_samples: usize,
+    /// The feature network for --eval-every, as `evaluate --inception`
+    /// (default: the FID Inception `make setup` installs).
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
     /// Checkpoints kept (the newest).
     #[arg(long, default_value_t = 2)]
     pub keep_checkpoints: usize,
@@ -123,6 +149,8 @@ impl Default for Params {
             resolution: None,
             augment: Augment::None,
             ch: 96,
+            arch: GanArch::BigganPytorch,
+            sync_bn: false,
             rotated_batch_fraction: 4,
             weight_rotation_d: 1.0,
             weight_rotation_g: 0.2,
@@ -131,6 +159,9 @@ impl Default for Params {
             checkpoint_every: 1000,
             sample_every: 1000,
             log_every: 50,
+            eval_every: 0,
+            eval_samples: 10_000,
+            inception: None,
             keep_checkpoints: 2,
             standing_batches: 16,
             grid_rows: 10,
@@ -145,6 +176,7 @@ impl Params {
     /// resolution it trains at.
     pub fn train_config(&self, class_names: &[String], resolution: i64) -> Result<TrainConfig> {
         let model = Config {
+            arch: self.arch,
             n_classes: self.mode.n_classes(class_names.len() as i64),
             conditional: self.mode.conditional(),
             class_head: self.mode.class_head(),
@@ -173,11 +205,13 @@ impl Params {
             checkpoint_every: self.checkpoint_every,
             sample_every: self.sample_every,
             log_every: self.log_every,
+            eval_every: self.eval_every,
             keep_checkpoints: self.keep_checkpoints,
             standing_batches: self.standing_batches,
             grid_rows: self.grid_rows,
             grid_cols: self.grid_cols,
             bf16: self.bf16,
+            sync_bn: self.sync_bn,
             distorted_crops: self.augment == Augment::Distorted,
         })
     }
@@ -213,20 +247,29 @@ fn resolution(params: &Params, stored: u32) -> Result<i64> {
             )))
         }
     };
-    let fits = match params.augment {
-        Augment::None => stored >= r && stored % r == 0,
-        Augment::Distorted => stored >= r,
-    };
-    if !fits {
-        return Err(Error::usage(format!(
-            "resolution {r}: the shards hold {stored}x{stored} images; {}",
-            match params.augment {
-                Augment::None => "prepare them at that size (or a multiple of it)",
-                Augment::Distorted => "distorted crops need stored images at least that large",
-            }
-        )));
+    if let Some(why) = fit_problem(params.augment, stored, r) {
+        return Err(Error::usage(format!("resolution {r}: {why}")));
     }
     Ok(r)
+}
+
+/// Why images stored at `stored` (the side, or the shorter side of whole
+/// photos) cannot train at `resolution` with `augment`, if they cannot:
+/// without augmentation they are average-pooled by a whole factor; the
+/// smallest distorted crop (half the area) must not be enlarged.
+pub fn fit_problem(augment: Augment, stored: i64, resolution: i64) -> Option<String> {
+    match augment {
+        Augment::None if stored < resolution || stored % resolution != 0 => Some(format!(
+            "the shards hold {stored}x{stored} images; prepare them at that size (or a multiple of it)"
+        )),
+        Augment::Distorted => {
+            let need = crate::train::loader::distorted_min_side(resolution as u32) as i64;
+            (stored < need).then(|| format!(
+                "the shards hold images of side {stored}, and compare_gan's distorted crops of half their area would be enlarged to {resolution}; store at least {need} (prepare --size {need}, with --resize keep-ratio for whole photos)"
+            ))
+        }
+        Augment::None => None,
+    }
 }
 
 /// `fewlabels train-gan`.
@@ -238,11 +281,23 @@ pub const DATA: Slot = Slot::required(
     "The `train/` folder written by `fewlabels shard`.",
 );
 
+/// The real images `--eval-every` scores against (wired by the pipeline
+/// from `[evaluate] reference` only when train-gan scores, so that the
+/// reference is no input of a run that does not).
+pub const REFERENCE: Slot = Slot {
+    in_pipeline: false,
+    ..Slot::optional(
+        "reference",
+        StageName::Prepare,
+        "The real images --eval-every scores against: a finished `prepare` folder at the training resolution.",
+    )
+};
+
 impl Stage for TrainGan {
     const NAME: StageName = StageName::TrainGan;
     const ABOUT: &'static str = "Train the BigGAN in one of the paper's labelling modes.";
     const OUTPUT: &'static str = "Where the checkpoints, grids, logs and EMA generator go.";
-    const SLOTS: &'static [Slot] = &[DATA];
+    const SLOTS: &'static [Slot] = &[DATA, REFERENCE];
     const DISTRIBUTED: bool = true;
     type Params = Params;
 
@@ -296,10 +351,22 @@ impl Stage for TrainGan {
         at_least("checkpoint-every", p.checkpoint_every, 1)?;
         at_least("sample-every", p.sample_every, 1)?;
         at_least("log-every", p.log_every, 1)?;
+        if p.eval_every > 0 {
+            at_least("eval-samples", p.eval_samples as u64, 2)?;
+        }
         at_least("keep-checkpoints", p.keep_checkpoints as u64, 1)?;
         at_least("standing-batches", p.standing_batches as u64, 1)?;
         at_least("grid-rows", p.grid_rows.max(0) as u64, 1)?;
         at_least("grid-cols", p.grid_cols.max(0) as u64, 1)
+    }
+
+    fn check(dirs: &RunDirs, p: &Params) -> Result<()> {
+        if p.eval_every > 0 && dirs.get(&REFERENCE).is_none() {
+            return Err(Error::usage(
+                "train-gan: --eval-every scores against real images: give --reference DIR (a finished `prepare` folder; in a pipeline, [evaluate] reference)",
+            ));
+        }
+        Ok(())
     }
 
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
@@ -311,7 +378,26 @@ impl Stage for TrainGan {
         let dist = run.dist;
         check_world(params, dist.world() as i64)?;
         let device = dist.local_device(exec.device.resolve()?);
-        let outcome = train(&cfg, files, &run.dir, device, run.resuming, dist)?;
+        // Rank 0 scores; the others train on while it does.
+        let mut scorer = match (params.eval_every, dirs.get(&REFERENCE)) {
+            (n, Some(reference)) if n > 0 && dist.is_rank0() => Some(GeneratorScorer::new(
+                reference,
+                params.inception.as_deref(),
+                params.eval_samples,
+                params.seed,
+                device,
+            )?),
+            _ => None,
+        };
+        let outcome = train(
+            &cfg,
+            files,
+            &run.dir,
+            device,
+            run.resuming,
+            dist,
+            scorer.as_mut().map(|s| s as &mut dyn Scorer),
+        )?;
         run.count("world_size", dist.world() as u64);
         run.phase("data", outcome.seconds_data);
         run.phase("train", outcome.seconds_train);
@@ -331,6 +417,15 @@ impl Stage for TrainGan {
                 run.count(&format!("last/{k}"), *v);
             }
         }
+        if params.eval_every > 0 && run.writes() {
+            // From the log, which a resumed run continues: every scoring of the run.
+            let scored = scored_fids(&run.dir.join("metrics.jsonl"))?;
+            run.count("eval_points", scored.len() as u64);
+            if let Some(&(step, fid)) = scored.iter().min_by(|a, b| a.1.total_cmp(&b.1)) {
+                run.count("best_fid", fid);
+                run.count("best_fid_step", step);
+            }
+        }
         if run.writes() {
             for rel in output_files(&run.dir)? {
                 run.add_output(&rel, None)?;
@@ -338,6 +433,14 @@ impl Stage for TrainGan {
         }
         Ok(())
     }
+}
+
+/// (step, FID) of every scoring a run's metrics.jsonl records (`eval/fid`).
+pub fn scored_fids(metrics: &Path) -> Result<Vec<(u64, f64)>> {
+    Ok(crate::train::log::read(metrics)?
+        .iter()
+        .filter_map(|r| Some((r.get("step")?.as_u64()?, r.get("eval/fid")?.as_f64()?)))
+        .collect())
 }
 
 /// The batch split over `world` ranks: each takes batch-size / world images
@@ -376,13 +479,11 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
     })?;
     let schema = shard_schema(first)?;
     let class_names = class_names_of(schema.as_ref());
-    let image_size = match StoredImage::from_schema(schema.as_ref()) {
-        Some(f) => f.size,
-        None => first_image_side(first)?,
-    };
+    let image_size = tables::image_side(first)?;
     let mut s = DataSummary {
         class_names,
         image_size,
+        dir: data.to_path_buf(),
         ..DataSummary::default()
     };
     for batch in TableReader::new(files.clone(), Some(&["label", "label_source"])) {
@@ -407,26 +508,6 @@ pub fn summarize(data: &Path) -> Result<(Vec<PathBuf>, DataSummary)> {
         }
     }
     Ok((files, s))
-}
-
-/// The side of the first stored image of a table written before the
-/// format was recorded in its schema.
-fn first_image_side(file: &Path) -> Result<u32> {
-    for batch in TableReader::new(vec![file.to_path_buf()], Some(&["image"])) {
-        let batch = batch?;
-        if batch.num_rows() > 0 {
-            let bytes = image_bytes(batch.column(0).as_ref(), 0)?;
-            let (h, w) = stored::dimensions(bytes, None).map_err(|e| Error::file(file, e))?;
-            if h != w {
-                return Err(Error::file(
-                    file,
-                    format!("holds {w}x{h} images; the GAN trains on squares"),
-                ));
-            }
-            return Ok(h as u32);
-        }
-    }
-    Err(Error::file(file, "holds no rows; re-run `fewlabels shard`"))
 }
 
 /// Every file the run left (relative, sorted), bar the framework's own and temporaries.

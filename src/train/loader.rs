@@ -20,13 +20,19 @@
 //! are what a single process with the same batch size reads.
 //!
 //! Every row is decoded by the table's one decoder ([`crate::shard::stored`]).
-//! `Augment::Distorted` is compare_gan's ImageNet training crop: a square
-//! of 50-100% of the stored image's area at a uniformly random place,
-//! resized to the training size, drawn afresh every epoch from the seed,
-//! the epoch and the image id (so it is the same after a resume and
-//! whatever the thread count). compare_gan draws it from the whole photo;
-//! here it is drawn from the centre square `prepare` stored, which is why
-//! the ImageNet pipelines store more pixels than they train on.
+//! A table of whole photos (`prepare --resize keep-ratio`) yields each
+//! photo's centred square unless augmented. `Augment::Distorted` is
+//! compare_gan's ImageNet training crop (`datasets.py`, TensorFlow's
+//! `sample_distorted_bounding_box` with aspect ratio 1 and 50-100% of the
+//! area): a square whose side is uniform between that of half the image's
+//! area and the shorter side, at a uniformly random place, resized to the
+//! training size; on an image wider than 2:1, where no such square fits,
+//! the whole image, as TensorFlow falls back to. It is drawn afresh every
+//! epoch from the seed, the epoch and the image id (so it is the same after
+//! a resume and whatever the thread count). Drawn from whole photos, as
+//! compare_gan draws it, it reaches the whole photo; the ImageNet pipelines
+//! store them with the shorter side at 192 so that even the smallest crop
+//! (71% of the shorter side) is not enlarged to 128.
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -44,6 +50,8 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 use crate::shard::image_bytes;
 use crate::shard::mapped::{map_file, MappedFile};
+#[cfg(test)]
+use crate::shard::stored::StoredShape;
 use crate::shard::stored::{self, StoredImage};
 
 /// Row order.
@@ -404,17 +412,22 @@ impl Producer {
             .zip(rows.par_iter())
             .try_for_each(|(out, &r)| -> Result<()> {
                 let fail = |e: String| Error::file(t.path(r), format!("image id {}: {e}", t.id(r)));
-                let img = stored::decode(t.bytes(r)?, t.format.as_ref()).map_err(fail)?;
-                let (ih, iw) = (img.height() as usize, img.width() as usize);
-                if (ih, iw) != self.stored {
-                    return Err(fail(format!(
-                        "is {iw}x{ih}, the table's first image is {}x{}; images in one table must share a size",
-                        self.stored.1, self.stored.0
-                    )));
-                }
                 let pixels = match self.cfg.augment {
-                    Augment::None => img.into_raw(),
+                    Augment::None => {
+                        let img = stored::decode_square(t.bytes(r)?, t.format.as_ref())
+                            .map_err(fail)?;
+                        let (ih, iw) = (img.height() as usize, img.width() as usize);
+                        if (ih, iw) != self.stored {
+                            return Err(fail(format!(
+                                "is {iw}x{ih}, the table's first image is {}x{}; images in one table must share a size",
+                                self.stored.1, self.stored.0
+                            )));
+                        }
+                        img.into_raw()
+                    }
                     Augment::Distorted { size } => {
+                        // The whole stored image: the crop may reach all of it.
+                        let img = stored::decode(t.bytes(r)?, t.format.as_ref()).map_err(fail)?;
                         let seed = match self.cfg.order {
                             Order::Shuffle { seed } => seed,
                             Order::Sequential => 0,
@@ -465,16 +478,35 @@ fn crop_seed(seed: u64, epoch: u64, id: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The crop box (left, top, side) compare_gan's `distorted` method draws
-/// for an image of `width`x`height`: aspect ratio 1, area uniform in
-/// [0.5, 1] of the image's, placed uniformly.
-pub fn distorted_box(width: u32, height: u32, seed: u64) -> (u32, u32, u32) {
+/// The crop box (left, top, width, height) compare_gan's `distorted`
+/// method draws for an image of `width`x`height`, as TensorFlow's
+/// `sample_distorted_bounding_box` (aspect ratio 1, area 50-100%) does: the
+/// side uniform over the integers from the side of half the area to the
+/// shorter side, the place uniform; the whole image when no square of half
+/// the area fits (wider than 2:1).
+pub fn distorted_box(width: u32, height: u32, seed: u64) -> (u32, u32, u32, u32) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let area = rng.random_range(0.5..=1.0) * (width as f64 * height as f64);
-    let side = (area.sqrt().round() as u32).clamp(1, width.min(height));
+    let half = 0.5 * width as f64 * height as f64;
+    let mut min_side = half.sqrt().round() as u32;
+    // Rounding down may leave just under half the area: one pixel more.
+    if (min_side as f64).powi(2) < half {
+        min_side += 1;
+    }
+    let max_side = width.min(height);
+    if min_side > max_side {
+        return (0, 0, width, height);
+    }
+    let side = rng.random_range(min_side.max(1)..=max_side);
     let left = rng.random_range(0..=width - side);
     let top = rng.random_range(0..=height - side);
-    (left, top, side)
+    (left, top, side, side)
+}
+
+/// The smallest stored side (the shorter side of whole photos) from which
+/// every distorted crop of a square image reaches `resolution` without being
+/// enlarged: the crop's side is at least that of half the area.
+pub fn distorted_min_side(resolution: u32) -> u32 {
+    (resolution as f64 * std::f64::consts::SQRT_2).ceil() as u32
 }
 
 /// The distorted crop of `img`, bilinear-resized to `size`x`size` RGB bytes.
@@ -484,13 +516,13 @@ fn distorted_crop(
     seed: u64,
 ) -> std::result::Result<Vec<u8>, String> {
     let (w, h) = img.dimensions();
-    let (left, top, side) = distorted_box(w, h, seed);
+    let (left, top, cw, ch) = distorted_box(w, h, seed);
     let view = fr::images::ImageRef::new(w, h, img.as_raw(), fr::PixelType::U8x3)
         .map_err(|e| format!("internal: bad pixel buffer ({e})"))?;
     let mut dst = fr::images::Image::new(size as u32, size as u32, fr::PixelType::U8x3);
     let options = fr::ResizeOptions::new()
         .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(left as f64, top as f64, side as f64, side as f64);
+        .crop(left as f64, top as f64, cw as f64, ch as f64);
     RESIZER
         .with(|r| r.borrow_mut().resize(&view, &mut dst, &options))
         .map_err(|e| format!("internal: resize failed ({e})"))?;
@@ -630,7 +662,11 @@ mod tests {
     fn every_stored_codec_reads_the_same() {
         for codec in [StoredCodec::Raw, StoredCodec::Png] {
             let dir = tempfile::tempdir().unwrap();
-            let f = StoredImage { codec, size: SIDE };
+            let f = StoredImage {
+                codec,
+                size: SIDE,
+                shape: StoredShape::Square,
+            };
             let files = write_table(dir.path(), 20, 7, Some(f), |_| 0);
             for b in collect(&files, LoaderConfig::sequential(8)) {
                 check_pixels(&b);
@@ -746,12 +782,37 @@ mod tests {
 
     #[test]
     fn distorted_crops_follow_compare_gan_and_are_reproducible() {
-        for seed in 0..200u64 {
-            let (l, t, side) = distorted_box(160, 160, seed);
-            let area = (side * side) as f64 / (160.0 * 160.0);
-            assert!((0.49..=1.0).contains(&area), "area {area}");
-            assert!(l + side <= 160 && t + side <= 160);
+        // On whole photos of every shape: squares of 50-100% of the area,
+        // anywhere in the photo, the side uniform (mean near the middle).
+        for (w, h) in [(160u32, 160u32), (256, 192), (192, 340), (300, 160)] {
+            let mut sides = Vec::new();
+            let (mut min_left, mut max_right) = (w, 0);
+            for seed in 0..400u64 {
+                let (l, t, cw, ch) = distorted_box(w, h, seed);
+                assert_eq!(cw, ch, "{w}x{h}: a square");
+                let area = (cw * ch) as f64 / (w * h) as f64;
+                assert!((0.5..=1.0).contains(&area), "{w}x{h}: area {area}");
+                assert!(l + cw <= w && t + ch <= h);
+                sides.push(cw as f64);
+                min_left = min_left.min(l);
+                max_right = max_right.max(l + cw);
+            }
+            let lo = ((0.5 * (w * h) as f64).sqrt()).round();
+            let mean = sides.iter().sum::<f64>() / sides.len() as f64;
+            let mid = (lo + w.min(h) as f64) / 2.0;
+            assert!(
+                (mean - mid).abs() < 0.1 * mid,
+                "{w}x{h}: mean side {mean}, want ~{mid}"
+            );
+            assert_eq!(
+                (min_left, max_right),
+                (0, w),
+                "{w}x{h}: crops reach both sides"
+            );
         }
+        // Wider than 2:1: no square of half the area fits, so the whole image.
+        assert_eq!(distorted_box(500, 200, 3), (0, 0, 500, 200));
+        assert_eq!(distorted_min_side(128), 182);
         assert_ne!(distorted_box(160, 160, 1), distorted_box(160, 160, 2));
         assert_eq!(crop_seed(1, 2, 3), crop_seed(1, 2, 3));
         assert_ne!(crop_seed(1, 2, 3), crop_seed(1, 3, 3));
@@ -760,6 +821,7 @@ mod tests {
         let big = StoredImage {
             codec: StoredCodec::Png,
             size: SIDE,
+            shape: StoredShape::Square,
         };
         let files = write_table(dir.path(), 16, 8, Some(big), |_| 0);
         let mut cfg = LoaderConfig::train(4, 3);

@@ -263,3 +263,119 @@ pub fn wait_for_file(path: &std::path::Path, limit: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// How `pseudo_shards` infers the labels it hides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inferred {
+    /// A tiny S2L `pretrain` (rotation + linear head on 10% of the labels),
+    /// `embed --model`, `pseudo-label --method classifier`: the s2gan and
+    /// s3gan routes.
+    Classifier,
+    /// `embed --model pixels`, `pseudo-label --method kmeans`: the
+    /// clustering routes.
+    Kmeans,
+}
+
+/// A finished `shard` folder `dir/NAME` of the first `n` Fashion-MNIST
+/// training images at `size`x`size` whose labels are pseudo-labels, made
+/// by the real stages (10% of each class kept by `sample-labels`, the rest
+/// inferred `how`). Returns the folder and its rows whose label a person gave.
+pub fn pseudo_shards(
+    dir: &std::path::Path,
+    name: &str,
+    n: usize,
+    size: u32,
+    how: Inferred,
+) -> (PathBuf, u64) {
+    let images = prepared_fashion(n, size, None);
+    let at = |what: &str| dir.join(format!("{name}-{what}"));
+    let (labels, pretrain, features, pseudo, train) = (
+        at("labels"),
+        at("pretrain"),
+        at("features"),
+        at("pseudo"),
+        dir.join(name),
+    );
+    let p = |p: &PathBuf| p.to_str().unwrap().to_string();
+    let images_s = p(&images);
+    ok_json(&[
+        "sample-labels",
+        "--images",
+        &images_s,
+        "--fraction",
+        "0.1",
+        "--output",
+        &p(&labels),
+    ]);
+    let model = match how {
+        Inferred::Classifier => {
+            ok_json(&[
+                "pretrain",
+                "--images",
+                &images_s,
+                "--labels",
+                &p(&labels),
+                "--output",
+                &p(&pretrain),
+                "--arch",
+                "tiny",
+                "--steps",
+                "8",
+                "--batch-size",
+                "8",
+                "--labelled-batch-size",
+                "8",
+                "--warmup-steps",
+                "2",
+                "--device",
+                "cpu",
+            ]);
+            p(&pretrain)
+        }
+        Inferred::Kmeans => "pixels".to_string(),
+    };
+    let (features_s, pseudo_s) = (p(&features), p(&pseudo));
+    ok_json(&[
+        "embed",
+        "--images",
+        &images_s,
+        "--model",
+        &model,
+        "--output",
+        &features_s,
+        "--device",
+        "cpu",
+    ]);
+    let method = match how {
+        Inferred::Classifier => "classifier",
+        Inferred::Kmeans => "kmeans",
+    };
+    let labels_s = p(&labels);
+    let mut args = vec![
+        "pseudo-label",
+        "--method",
+        method,
+        "--features",
+        &features_s,
+        "--images",
+        &images_s,
+        "--clusters",
+        "10",
+        "--output",
+        &pseudo_s,
+    ];
+    if how == Inferred::Classifier {
+        args.extend(["--labels", &labels_s]);
+    }
+    ok_json(&args);
+    let j = ok_json(&[
+        "shard",
+        "--images",
+        &images_s,
+        "--pseudo-labels",
+        &pseudo_s,
+        "--output",
+        &p(&train),
+    ]);
+    (train, j["counts"]["source_given"].as_u64().unwrap_or(0))
+}
