@@ -47,23 +47,33 @@ fn png(grey: &[u8]) -> Vec<u8> {
 /// Writes `images` as PNG files in `dir.png/` (what the Python peer reads)
 /// and prepares that folder with the real `prepare` into `dir` at 28x28.
 fn write_table(dir: &Path, images: &[Vec<u8>]) -> PathBuf {
+    write_table_at(dir, images, 28)
+}
+
+/// [`write_table`] prepared at `size` x `size` (a GAN's samples are 32x32:
+/// FID compares sets of one size).
+fn write_table_at(dir: &Path, images: &[Vec<u8>], size: u32) -> PathBuf {
     let folder = dir.with_extension("png");
     fs::create_dir_all(&folder).unwrap();
     for (i, g) in images.iter().enumerate() {
         fs::write(folder.join(format!("{i:05}.png")), png(g)).unwrap();
     }
-    prepare_28(&folder, dir);
+    prepare_at(&folder, dir, size);
     folder
 }
 
 /// `prepare` of `input` (a folder or IDX file) into `output` at 28x28.
 fn prepare_28(input: &Path, output: &Path) {
+    prepare_at(input, output, 28)
+}
+
+fn prepare_at(input: &Path, output: &Path, size: u32) {
     common::ok_json(&[
         "prepare",
         "--input",
         s(input),
         "--size",
-        "28",
+        &size.to_string(),
         "--output",
         s(output),
     ]);
@@ -396,7 +406,11 @@ fn two_gan_runs_make_one_label_efficiency_table() {
     let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
     python(TINY_NETS, &[s(&feat), s(&cls)]);
     let reference = tmp.path().join("ref");
-    write_table(&reference, &fashion_mnist("t10k-images-idx3-ubyte.gz", 40));
+    write_table_at(
+        &reference,
+        &fashion_mnist("t10k-images-idx3-ubyte.gz", 40),
+        32,
+    );
     let (all, _) = common::train_shards(tmp.path(), "all", 40, 32, None);
     let (half, labelled) = common::train_shards(tmp.path(), "half", 40, 32, Some("0.5"));
     let half_fraction = labelled as f64 / 40.0;
@@ -505,6 +519,189 @@ fn two_gan_runs_make_one_label_efficiency_table() {
         md.contains(&format!("| s3gan-co | {:.1}% |", 100.0 * half_fraction)),
         "{md}"
     );
+}
+
+/// compare_gan scores its generators while they train and reports the
+/// best and the last checkpoint: `train-gan --eval-every` logs FID (and IS,
+/// when the network has logits) into metrics.jsonl and TensorBoard and
+/// counts the best, `evaluate --checkpoints all` scores every kept
+/// checkpoint; and FID refuses sets of two sizes.
+#[test]
+fn scoring_during_training_every_checkpoint_and_one_size_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (feat, cls) = (tmp.path().join("feat.pt"), tmp.path().join("cls.pt"));
+    python(TINY_NETS, &[s(&feat), s(&cls)]);
+    let test_images = fashion_mnist("t10k-images-idx3-ubyte.gz", 40);
+    let (reference, reference_28) = (tmp.path().join("ref"), tmp.path().join("ref28"));
+    write_table_at(&reference, &test_images, 32);
+    write_table(&reference_28, &test_images);
+    let (data, _) = common::train_shards(tmp.path(), "all", 40, 32, None);
+    let gan = tmp.path().join("gan");
+    let cache = tmp.path().join("fid-stats");
+    let train = |extra: &[&str]| {
+        common::bin()
+            .args([
+                "--quiet",
+                "train-gan",
+                "--data",
+                s(&data),
+                "--output",
+                s(&gan),
+                "--mode",
+                "biggan",
+                "--steps",
+                "4",
+                "--sample-every",
+                "4",
+                "--checkpoint-every",
+                "1",
+                "--keep-checkpoints",
+                "10",
+                "--resolution",
+                "32",
+                "--ch",
+                "4",
+                "--batch-size",
+                "8",
+                "--accumulation",
+                "1",
+                "--standing-batches",
+                "2",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--log-every",
+                "1",
+            ])
+            .args(extra)
+            .env("FEWLABELS_STATS_CACHE", &cache)
+            .output()
+            .expect("spawn fewlabels")
+    };
+    // --eval-every needs the real images to score against.
+    common::one_line_error(
+        &train(&["--eval-every", "2"]),
+        2,
+        &["--eval-every", "--reference"],
+    );
+    let o = train(&[
+        "--eval-every",
+        "2",
+        "--eval-samples",
+        "16",
+        "--reference",
+        s(&reference),
+        "--inception",
+        s(&feat),
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let lines: Vec<Value> = fs::read_to_string(gan.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scored: Vec<(u64, f64)> = lines
+        .iter()
+        .filter_map(|l| Some((l["step"].as_u64()?, l.get("eval/fid")?.as_f64()?)))
+        .collect();
+    assert_eq!(
+        scored.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![2, 4],
+        "{lines:?}"
+    );
+    assert!(
+        scored.iter().all(|(_, f)| f.is_finite() && *f > 0.0),
+        "{scored:?}"
+    );
+    // A fixed draw: the scores move with the weights.
+    assert_ne!(scored[0].1, scored[1].1);
+    let m: Value = serde_json::from_slice(&fs::read(gan.join("_stage.json")).unwrap()).unwrap();
+    let best = scored.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap();
+    assert_eq!(m["counts"]["eval_points"], 2);
+    assert_eq!(m["counts"]["best_fid_step"], best.0);
+    assert_eq!(m["counts"]["best_fid"].as_f64(), Some(best.1));
+    let script = r#"
+import sys
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+ea = EventAccumulator(sys.argv[1], size_guidance={"scalars": 0})
+ea.Reload()
+print(",".join(str(e.step) for e in ea.Scalars("eval/fid")))
+"#;
+    let o = common::python()
+        .args(["-c", script, s(&gan.join("tensorboard"))])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "2,4");
+
+    // Every kept checkpoint, the final weights last, the best named.
+    let out = tmp.path().join("eval");
+    let scores = evaluate(&[
+        "--gan",
+        s(&gan),
+        "--reference",
+        s(&reference),
+        "--output",
+        s(&out),
+        "--inception",
+        s(&feat),
+        "--classifier",
+        s(&cls),
+        "--checkpoints",
+        "all",
+        "--num-samples",
+        "16",
+        "--repeats",
+        "1",
+        "--kid-subset-size",
+        "8",
+        "--kid-subsets",
+        "3",
+    ]);
+    let src = &scores["sources"][0];
+    let ckpts = src["checkpoints"].as_array().expect("checkpoints");
+    let steps: Vec<u64> = ckpts.iter().map(|c| c["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, vec![1, 2, 3, 4], "{src}");
+    assert_eq!(
+        ckpts[3]["fid"], src["fid_mean"],
+        "the final weights come last"
+    );
+    assert!(
+        ckpts
+            .iter()
+            .all(|c| c["is"].as_f64().is_some_and(|v| v >= 1.0)),
+        "{src}"
+    );
+    let best = ckpts
+        .iter()
+        .min_by(|a, b| {
+            a["fid"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&b["fid"].as_f64().unwrap())
+        })
+        .unwrap();
+    assert_eq!(src["best_step"], best["step"], "{src}");
+    assert_eq!(src["best_fid"], best["fid"], "{src}");
+    let m: Value = serde_json::from_slice(&fs::read(out.join("_stage.json")).unwrap()).unwrap();
+    assert_eq!(m["counts"]["samples_resolution"], 32);
+    assert_eq!(m["counts"]["reference_resolution"], 32);
+    assert_eq!(m["counts"]["checkpoints_scored"], 4);
+
+    // 32x32 samples against 28x28 real images: refused before any network runs.
+    let o = common::run(&[
+        "evaluate",
+        "--gan",
+        s(&gan),
+        "--reference",
+        s(&reference_28),
+        "--output",
+        s(&tmp.path().join("eval28")),
+        "--inception",
+        s(&feat),
+    ]);
+    common::one_line_error(&o, 2, &["32x32", "28x28", "--size 32"]);
 }
 
 #[test]

@@ -158,10 +158,31 @@ fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
         }
         assert!(out.contains("will run: not run yet"), "{out}");
         assert!(!run_dir.exists(), "--plan created {}", run_dir.display());
+        // The paper's S3GAN: the S2L classifier labels the images, the GAN
+        // gets the rotation head, and FID compares 128 with 128.
+        if path.file_stem().is_some_and(|n| n == "imagenet-s3gan") {
+            for stage in ["sample-labels", "pretrain", "embed", "pseudo-label"] {
+                assert!(out.contains(&format!("  {stage} ")), "no {stage}:\n{out}");
+            }
+            assert!(out.contains(r#""objective":"s2l""#), "{out}");
+            assert!(out.contains(r#""method":"classifier""#), "{out}");
+            assert!(out.contains(r#""mode":"s3gan""#), "{out}");
+            let reference = out
+                .lines()
+                .find(|l| l.contains("/reference "))
+                .and_then(|_| {
+                    out.lines()
+                        .skip_while(|l| !l.contains("/reference "))
+                        .nth(1)
+                })
+                .expect("the reference is prepared");
+            assert!(reference.contains(r#""size":128"#), "{reference}");
+            assert!(reference.contains(r#""resize":"crop""#), "{reference}");
+        }
     }
     assert!(
-        seen >= 8,
-        "expected the demo and seven ImageNet pipelines, found {seen}"
+        seen >= 11,
+        "expected three demos and eight ImageNet pipelines, found {seen}"
     );
 }
 

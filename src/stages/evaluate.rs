@@ -410,6 +410,14 @@ fn body(
     params: &Params,
     exec: &Exec,
 ) -> Result<()> {
+    // FID compares images of one size (compare_gan scores 128 against 128):
+    // refused before any network runs when the sets differ.
+    let ref_table = ImagesTable::open(reference)?;
+    let reference_resolution = tables::image_side(&ref_table.files[0])?;
+    let samples_resolution = same_resolution(sources, reference, reference_resolution)?;
+    run.count("samples_resolution", samples_resolution);
+    run.count("reference_resolution", reference_resolution);
+
     let device = exec.device.resolve()?;
     let judge_path = class_model.or(params.class_script.as_deref());
     let t0 = Instant::now();
@@ -430,14 +438,6 @@ fn body(
         );
     }
     run.phase("load", t0.elapsed().as_secs_f64());
-
-    // FID compares images of one size (compare_gan scores 128 against 128):
-    // refused before any network runs when the sets differ.
-    let ref_table = ImagesTable::open(reference)?;
-    let reference_resolution = tables::image_side(&ref_table.files[0])?;
-    let samples_resolution = same_resolution(sources, reference, reference_resolution)?;
-    run.count("samples_resolution", samples_resolution);
-    run.count("reference_resolution", reference_resolution);
 
     // The reference: statistics of the whole table or a seeded sample of
     // it, cached by the table's content (stats_cache_dir).
