@@ -600,3 +600,69 @@ fn a_pipeline_takes_the_resize_keys() {
     assert_eq!(img.get_pixel(5, 2).0, [128; 3]);
     assert_eq!(img.get_pixel(5, 28).0, [128; 3]);
 }
+
+/// `--resize keep-ratio` stores whole photos, the shorter side at `--size`
+/// and the aspect ratio kept (EXIF orientation applied), for compare_gan's
+/// crops over the whole photo; a reader that wants squares gets the centred
+/// one, which is the centre crop of the same size up to resampling; raw
+/// rows, which carry no size of their own, are refused with it.
+#[test]
+fn keep_ratio_keeps_the_whole_photo_by_its_shorter_side() {
+    let tmp = tempfile::tempdir().unwrap();
+    shapes_folder(tmp.path());
+    let (whole, crop) = (tmp.path().join("whole"), tmp.path().join("crop"));
+    let photos = tmp.path().join("photos");
+    ok(&prepare(
+        &photos,
+        &whole,
+        &["--size", "64", "--resize", "keep-ratio"],
+    ));
+    ok(&prepare(&photos, &crop, &["--size", "64"]));
+    let (whole_rows, crop_rows) = (rows(&whole), rows(&crop));
+    assert_eq!(whole_rows.len(), 13);
+    let mut shapes = std::collections::BTreeSet::new();
+    for ((name, w, h, bytes), (_, _, _, square)) in whole_rows.iter().zip(&crop_rows) {
+        let img = decoded(bytes);
+        let (sw, sh) = img.dimensions();
+        assert_eq!(sw.min(sh), 64, "{name}: {sw}x{sh}");
+        // The displayed aspect ratio, to the rounding of the longer side.
+        let want = (*w.max(h) as f64 * 64.0 / *w.min(h) as f64).round() as u32;
+        assert_eq!(sw.max(sh), want, "{name}: {sw}x{sh} from {w}x{h}");
+        assert_eq!(sw > sh, w > h, "{name}: oriented as displayed");
+        shapes.insert((sw, sh));
+        // The centred square: close to the centre crop (the whole photo is
+        // resampled on another grid, and the square starts on a whole
+        // pixel, up to half a pixel off the crop's centre), and much closer
+        // than the square at the photo's edge.
+        let centre = fewlabels::shard::stored::decode_square(bytes, None).unwrap();
+        let square = decoded(square);
+        let d = mean_abs(centre.as_raw(), square.as_raw());
+        assert!(
+            d < 10.0,
+            "{name}: centre square vs centre crop differ by {d} grey levels"
+        );
+        if sw != sh {
+            let edge = image::imageops::crop_imm(&img, 0, 0, 64, 64).to_image();
+            let d_edge = mean_abs(edge.as_raw(), square.as_raw());
+            assert!(
+                d_edge > 2.0 * d,
+                "{name}: edge square {d_edge} vs centre {d}"
+            );
+        }
+    }
+    assert!(
+        shapes.len() >= 4,
+        "wide, tall and square photos: {shapes:?}"
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&fs::read(whole.join("_stage.json")).unwrap()).unwrap();
+    assert_eq!(m["params"]["resize"], "keep-ratio");
+    usage_error(
+        &prepare(
+            &photos,
+            &tmp.path().join("raw"),
+            &["--resize", "keep-ratio", "--codec", "raw"],
+        ),
+        &["codec", "raw", "keep-ratio"],
+    );
+}
