@@ -7,11 +7,17 @@ bench_top=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 . "$bench_top/scripts/env.sh"
 bench_profile=${BENCH_PROFILE:-dev}
 if [ "$bench_profile" = dev ]; then bench_dir=debug; else bench_dir=$bench_profile; fi
-# Builds the fewlabels binary (and any examples named) in the bench profile.
-bench_build() {
-  (cd "$bench_top" && cargo build --locked --profile "$bench_profile" --bin fewlabels "$@" >&2)
-}
-FL_BIN=$CARGO_TARGET_DIR/$bench_dir/fewlabels
+# Builds the fewlabels binary (and any examples named) in the bench profile,
+# unless FL_BIN names a binary already (a copy that a long benchmark keeps
+# using while the tree is rebuilt).
+if [ -n "${FL_BIN:-}" ]; then
+  bench_build() { :; }
+else
+  bench_build() {
+    (cd "$bench_top" && cargo build --locked --profile "$bench_profile" --bin fewlabels "$@" >&2)
+  }
+  FL_BIN=$CARGO_TARGET_DIR/$bench_dir/fewlabels
+fi
 FL_EXAMPLES=$CARGO_TARGET_DIR/$bench_dir/examples
 # Fashion-MNIST's 60,000 training images at 32x32 as an `images/` stage
 # folder at $1 (up to date, so instant, after the first time).

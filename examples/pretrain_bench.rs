@@ -3,15 +3,16 @@
 //! (the small ResNet, 4 rotations of BATCH 32x32 images + LABELLED
 //! unrotated ones, forward + backward + SGD) on synthetic data, the same
 //! model and step as benches/pretrain/torch_step.py;
-//! `loader THREADS IMAGES_DIR BATCH BATCHES`: images/s of the shard loader
-//! alone (decode + prefetch, no network).
+//! `loader THREADS IMAGES_DIR BATCH BATCHES [SIZE]`: images/s of the shard
+//! loader alone (decode + prefetch, no network); with SIZE, compare_gan's
+//! distorted crops resized to SIZE (what train-gan's ImageNet routes read).
 use std::time::Instant;
 
 use fewlabels::manifest::Manifest;
 use fewlabels::models::resnet::{rotate4, Config, RotationNet};
 use fewlabels::shard::table_files;
 use fewlabels::stage::StageName;
-use fewlabels::train::loader::{Loader, LoaderConfig};
+use fewlabels::train::loader::{Augment, Loader, LoaderConfig};
 use fewlabels::train::optim::{OptimConfig, Optimizer};
 use fewlabels::{Error, Result};
 use tch::{Device, Kind, Tensor};
@@ -70,11 +71,13 @@ fn main() -> Result<()> {
                 std::path::PathBuf::from(a.get(3).ok_or_else(|| Error::invalid("IMAGES_DIR"))?);
             let batch: usize = arg(&a, 4, "batch")?;
             let batches: usize = arg(&a, 5, "batches")?;
+            let crop: Option<usize> = a.get(6).map(|_| arg(&a, 6, "size")).transpose()?;
             let m = Manifest::read_complete(&dir, StageName::Prepare)?;
-            let loader = Loader::new(
-                table_files(&dir, &m, "images"),
-                LoaderConfig::train(batch, 0),
-            )?;
+            let mut cfg = LoaderConfig::train(batch, 0);
+            if let Some(size) = crop {
+                cfg.augment = Augment::Distorted { size };
+            }
+            let loader = Loader::new(table_files(&dir, &m, "images"), cfg)?;
             let t0 = Instant::now();
             let mut n = 0usize;
             for b in loader.take(batches) {
@@ -83,7 +86,7 @@ fn main() -> Result<()> {
             let rate = n as f64 / t0.elapsed().as_secs_f64();
             println!(
                 "{}",
-                serde_json::json!({"impl": "loader", "threads": threads, "batch": batch, "images": n, "images_per_s": rate})
+                serde_json::json!({"impl": "loader", "threads": threads, "batch": batch, "distorted": crop, "images": n, "images_per_s": rate})
             );
         }
         _ => {
