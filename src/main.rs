@@ -109,6 +109,12 @@ fn main() -> ExitCode {
     fewlabels::device::keep_freed_memory();
     let matches = match cli().try_get_matches() {
         Ok(m) => m,
+        // A bare `fewlabels` (or a command without its subcommand): the
+        // whole help, command list included, then exit 2.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprint!("{}", e.render());
+            return ExitCode::from(2);
+        }
         Err(e) if e.use_stderr() => {
             eprintln!("{}", one_line(&e.render().to_string()));
             return ExitCode::from(2);

@@ -410,7 +410,11 @@ impl<S: Stage> AnyStage for Entry<S> {
                 .required(true)
                 .help(S::OUTPUT),
         );
-        Exec::augment_args(S::Params::augment_args(cmd))
+        // The derive's doc comments of Params and Exec would each set the
+        // command's description: the stage's own is set last.
+        let cmd = S::Params::augment_args(cmd)
+            .next_help_heading("Execution (how fast it runs, never what it writes)");
+        Exec::augment_args(cmd).about(S::ABOUT).long_about(None)
     }
 
     fn main(&self, m: &ArgMatches) -> Result<()> {

@@ -153,7 +153,8 @@ pub const MERGE: Slot = Slot {
 
 impl Stage for Prepare {
     const NAME: StageName = StageName::Prepare;
-    const ABOUT: &'static str = "Images (folder, tar, list file, IDX) to 128x128 Arrow shards.";
+    const ABOUT: &'static str =
+        "Images (folder, tar, list file, IDX) to Arrow shards of --size images.";
     const OUTPUT: &'static str = "Output folder (`images/` of a run).";
     const SLOTS: &'static [Slot] = &[MERGE];
     type Params = Params;

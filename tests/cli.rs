@@ -1,0 +1,53 @@
+//! The command line as a newcomer meets it: a bare `fewlabels` shows every
+//! command, and each stage's `--help` opens with what the stage does, its
+//! execution options under their own heading.
+mod common;
+
+#[test]
+fn bare_command_lists_every_command_and_exits_2() {
+    let o = common::run(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    for command in [
+        "prepare",
+        "train-gan",
+        "evaluate",
+        "run",
+        "generate",
+        "doctor",
+    ] {
+        assert!(
+            err.contains(&format!("  {command} ")),
+            "no {command} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn each_stage_help_opens_with_its_own_description() {
+    let o = common::run(&["--help"]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let top = String::from_utf8_lossy(&o.stdout);
+    assert!(!top.contains("Execution options"), "{top}");
+    for (stage, about) in [
+        ("prepare", "Images (folder, tar, list file, IDX)"),
+        ("train-gan", "Train the BigGAN"),
+        ("evaluate", "Score a GAN"),
+        ("pseudo-label", "Label every image"),
+    ] {
+        assert!(
+            top.contains(about),
+            "{stage}: `{about}` not in the command list:\n{top}"
+        );
+        let o = common::run(&[stage, "--help"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            help.starts_with(about),
+            "{stage} --help opens with:\n{help}"
+        );
+        let heading = help.find("Execution (").expect("an execution heading");
+        assert!(help[heading..].contains("--threads"), "{help}");
+        assert!(help[heading..].contains("--device"), "{help}");
+    }
+}
