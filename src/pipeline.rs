@@ -809,7 +809,11 @@ pub fn main(cli: Cli) -> Result<()> {
     }
     if cli.plan {
         print_plan(&pipeline, &steps);
-        return Ok(());
+        // The plan is shown whole; a missing input still makes it a bad
+        // pipeline (exit 2), named as a run would name it.
+        return pipeline
+            .check_paths()
+            .map_err(|e| Error::usage(e.to_string()));
     }
     let _lock = lock_dir(&pipeline.run_dir, "run directory")?;
     progress::note(format!(

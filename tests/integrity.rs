@@ -349,7 +349,7 @@ fn parameters_are_checked_before_anything_runs() {
     assert_eq!(o.status.code(), Some(2), "{}", common::text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("--set train-gan.resolution=32: the training images are 16x16; set one to the other (prepare.size = 16, line"),
+        err.contains("--set train-gan.resolution=32: the training images are 16x16; prepare them at the resolution (or a multiple of it), or train at their size (prepare.size = 16, line"),
         "{err}"
     );
     // Flags name the flag.

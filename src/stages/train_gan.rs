@@ -260,7 +260,7 @@ fn resolution(params: &Params, stored: u32) -> Result<i64> {
 pub fn fit_problem(augment: Augment, stored: i64, resolution: i64) -> Option<String> {
     match augment {
         Augment::None if stored < resolution || stored % resolution != 0 => Some(format!(
-            "the shards hold {stored}x{stored} images; prepare them at that size (or a multiple of it)"
+            "the training images are {stored}x{stored}; prepare them at the resolution (or a multiple of it), or train at their size"
         )),
         Augment::Distorted => {
             let need = crate::train::loader::distorted_min_side(resolution as u32) as i64;
