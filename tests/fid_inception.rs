@@ -182,6 +182,7 @@ fn images(dir: &Path, meta: &serde_json::Value, name: &str) -> Tensor {
 fn pytorch_fid_state_dicts() {
     let (dir, meta) = reference();
     matches_pytorch_fid(dir.path(), &meta);
+    evaluate_gives_the_is_of_pytorch_fids_logits(dir.path(), &meta);
     reader_keeps_strides_views_and_dtypes(dir.path(), &meta);
     damaged_and_foreign_files_are_one_line_errors(dir.path());
 }
@@ -235,6 +236,89 @@ fn matches_pytorch_fid(dir: &Path, meta: &serde_json::Value) {
         bias_effect > 0.1,
         "the fc bias must matter in this test: {bias_effect}"
     );
+}
+
+/// `evaluate --inception FILE.pth` with no `--classifier`: an Inception
+/// Score from the network's own logits, one split over all samples (as
+/// compare_gan computes it), equal to the IS of pytorch-fid's unbiased
+/// logits for the same photos.
+fn evaluate_gives_the_is_of_pytorch_fids_logits(dir: &Path, meta: &serde_json::Value) {
+    let x = images(dir, meta, "square");
+    let folder = dir.join("square-png");
+    fs::create_dir_all(&folder).unwrap();
+    for i in 0..x.size()[0] {
+        let chw = x.get(i).permute([1, 2, 0]).contiguous();
+        let (h, w) = (chw.size()[0] as u32, chw.size()[1] as u32);
+        let rgb = image::RgbImage::from_raw(w, h, Vec::<u8>::try_from(chw.flatten(0, -1)).unwrap())
+            .unwrap();
+        rgb.save(folder.join(format!("{i}.png"))).unwrap();
+    }
+    let table = dir.join("square-table");
+    let o = common::run(&[
+        "--quiet",
+        "prepare",
+        "--input",
+        folder.to_str().unwrap(),
+        "--size",
+        "128",
+        "--output",
+        table.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let out = dir.join("eval");
+    let o = common::bin()
+        .args([
+            "--quiet",
+            "evaluate",
+            "--samples",
+            table.to_str().unwrap(),
+            "--reference",
+        ])
+        .args([
+            table.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--inception",
+        ])
+        .arg(dir.join("zip.pth"))
+        .args(["--device", "cpu", "--threads", "2"])
+        .env("FEWLABELS_STATS_CACHE", dir.join("fid-stats"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let scores: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("scores.json")).unwrap()).unwrap();
+    let got = scores["sources"][0]["is_mean"]
+        .as_f64()
+        .expect("an IS from the network's logits");
+    // exp(mean_x KL(p(y|x) || p(y))) over the 4 photos, from pytorch-fid's logits.
+    let logits = f32s(&dir.join("square.unbiased.f32"));
+    let p: Vec<Vec<f64>> = logits
+        .chunks(1008)
+        .map(|row| {
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            e.into_iter().map(|v| v / z).collect()
+        })
+        .collect();
+    let n = p.len() as f64;
+    let marginal: Vec<f64> = (0..1008)
+        .map(|c| p.iter().map(|r| r[c]).sum::<f64>() / n)
+        .collect();
+    let kl: f64 = p
+        .iter()
+        .map(|r| {
+            r.iter()
+                .zip(&marginal)
+                .map(|(a, b)| if *a > 0.0 { a * (a / b).ln() } else { 0.0 })
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / n;
+    let want = kl.exp();
+    eprintln!("IS: evaluate {got}, pytorch-fid's logits {want}");
+    assert!((got - want).abs() <= 1e-4 * want, "IS {got} against {want}");
 }
 
 /// The reader on the odd tensors, in both formats.

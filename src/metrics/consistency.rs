@@ -52,7 +52,15 @@ impl ClassJudge {
                 "neither a `pretrain` folder (model.json) nor a TorchScript file",
             ));
         }
-        Ok(Some(ClassJudge::Script(Inception::load(path, device)?)))
+        let net = Inception::load(path, device)?;
+        if net.has_logits() {
+            // pytorch-fid's weights: an ImageNet classifier, not one of these classes.
+            return Err(Error::file(
+                path,
+                "is the FID Inception's weights, not a classifier of the samples' classes: give a TorchScript file returning their logits",
+            ));
+        }
+        Ok(Some(ClassJudge::Script(net)))
     }
 
     /// Classes of a pretrained head (a TorchScript file's are known only from its output).

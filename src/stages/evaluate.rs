@@ -301,6 +301,12 @@ struct Nets {
 }
 
 impl Nets {
+    /// Whether an Inception Score can be computed: a `--classifier`, or
+    /// an Inception network with class logits.
+    fn scores_is(&self) -> bool {
+        self.classifier.is_some() || self.inception.has_logits()
+    }
+
     /// The feature network (`--inception`, else the default), the IS
     /// classifier and the class-consistency judge a run's parameters name.
     fn load(params: &Params, judge: Option<&Path>, device: Device) -> Result<Nets> {
@@ -431,10 +437,11 @@ fn body(
                 .unwrap_or_default()
         ));
     }
-    if nets.classifier.is_none() {
+    if !nets.scores_is() {
         progress::note(
-            "evaluate: no Inception Score: the FID Inception gives 2048-d pool features, not class \
-             logits; pass --classifier FILE (a TorchScript classifier taking the Inception's input) to get it",
+            "evaluate: no Inception Score: this Inception network gives pool features, not class \
+             logits; pass --inception pt_inception-2015-12-05-6726825d.pth (pytorch-fid's weights, \
+             logits included) or --classifier FILE (a TorchScript classifier taking the Inception's input)",
         );
     }
     run.phase("load", t0.elapsed().as_secs_f64());
@@ -623,7 +630,7 @@ fn score_source(
                 }
                 let t0 = Instant::now();
                 let seed = derive_seed(params.seed, index as u64, 0);
-                let acc = if nets.classifier.is_some() || nets.judge.is_some() {
+                let acc = if nets.scores_is() || nets.judge.is_some() {
                     table_accumulate(&table, None, table.rows, nets, params, CACHE_RESERVOIR_SEED)?
                 } else {
                     let (g, kid, _) =
@@ -1026,7 +1033,9 @@ fn generator_accumulate(
             }
         }
         for b in q.split(params.batch_size as i64, 0) {
-            let input = inception::preprocess(&b.to_device(nets.inception.device()))?;
+            let input = nets
+                .inception
+                .input(&b.to_device(nets.inception.device()))?;
             add_batch(&mut acc, nets, &input)?;
         }
         done += n;
@@ -1109,9 +1118,9 @@ fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Res
     Ok(Accumulator {
         stats: FeatureStats::new(),
         reservoir: Reservoir::new(feature_rows(params), seed),
-        is: match nets.classifier {
-            Some(_) => Some(InceptionScore::new(total, params.is_splits)?),
-            None => None,
+        is: match nets.scores_is() {
+            true => Some(InceptionScore::new(total, params.is_splits)?),
+            false => None,
         },
         classes: BTreeMap::new(),
         confusion: nets.judge.as_ref().map(|_| Confusion::new()),
@@ -1119,12 +1128,20 @@ fn new_accumulator(total: usize, nets: &Nets, params: &Params, seed: u64) -> Res
 }
 
 /// Runs the networks on one preprocessed batch and feeds the accumulator.
+/// The IS takes `--classifier`'s logits when one is given, else the
+/// Inception network's own (pytorch-fid's weights have them).
 fn add_batch(acc: &mut Accumulator, nets: &Nets, input: &Tensor) -> Result<()> {
-    let feats = nets.inception.forward(input)?;
+    let (feats, logits) = nets.inception.forward_with_logits(input)?;
     acc.stats.add(&feats)?;
     acc.reservoir.add(&feats)?;
-    if let (Some(c), Some(is)) = (&nets.classifier, acc.is.as_mut()) {
-        is.add_logits(&c.forward(input)?)?;
+    if let Some(is) = acc.is.as_mut() {
+        let logits = match &nets.classifier {
+            Some(c) => Some(c.forward(input)?),
+            None => logits,
+        };
+        if let Some(l) = logits {
+            is.add_logits(&l)?;
+        }
     }
     Ok(())
 }
@@ -1479,11 +1496,11 @@ fn flush(
     let same = pending.windows(2).all(|w| w[0].size() == w[1].size());
     let input = if same {
         let stacked = Tensor::stack(pending, 0).to_device(device);
-        inception::preprocess(&stacked)?
+        nets.inception.input(&stacked)?
     } else {
         let each: Vec<Tensor> = pending
             .iter()
-            .map(|t| inception::preprocess(&t.unsqueeze(0).to_device(device)))
+            .map(|t| nets.inception.input(&t.unsqueeze(0).to_device(device)))
             .collect::<Result<_>>()?;
         Tensor::cat(&each, 0)
     };
