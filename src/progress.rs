@@ -63,6 +63,66 @@ pub fn spinner(what: &str) -> ProgressBar {
     pb
 }
 
+/// Plain progress lines for a log file: under Slurm, Kubernetes or nohup
+/// stderr is no terminal and the bars are hidden, so a days-long stage
+/// would say nothing. `due` is true (on a non-terminal stderr, unless
+/// quiet) at most every `FEWLABELS_LOG_SECONDS` seconds (default 60; 0:
+/// every time it is asked).
+pub struct LogLines {
+    every: Duration,
+    last: Option<std::time::Instant>,
+    on: bool,
+}
+
+impl LogLines {
+    pub fn new() -> LogLines {
+        let every = std::env::var("FEWLABELS_LOG_SECONDS")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(60.0);
+        LogLines {
+            every: Duration::from_secs_f64(every),
+            last: None,
+            on: !is_quiet() && !std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Whether to print a line now (`force`: the last step's, whatever the time).
+    pub fn due(&mut self, force: bool) -> bool {
+        if !self.on {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let due = force || self.last.is_none_or(|t| now - t >= self.every);
+        if due {
+            self.last = Some(now);
+        }
+        due
+    }
+}
+
+impl Default for LogLines {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// "3d 4h 05m", "2h 13m", "4m 09s", "17s": a duration for a log line.
+pub fn human_duration(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "?".to_string();
+    }
+    let s = seconds.round() as u64;
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{sec}s"),
+        (0, 0, _) => format!("{m}m {sec:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m"),
+        _ => format!("{d}d {h}h {m:02}m"),
+    }
+}
+
 /// Prints a line of progress information to stderr unless quiet.
 pub fn note(line: impl AsRef<str>) {
     if !is_quiet() {
@@ -111,5 +171,22 @@ pub fn print_summary(manifest: &Manifest, outcome: Outcome, dir: &std::path::Pat
         if shown.len() <= 120 {
             eprintln!("  {k:<28} {shown}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_writes_them() {
+        assert_eq!(human_duration(17.2), "17s");
+        assert_eq!(human_duration(249.0), "4m 09s");
+        assert_eq!(human_duration(2.0 * 3600.0 + 13.0 * 60.0), "2h 13m");
+        assert_eq!(
+            human_duration(3.0 * 86_400.0 + 4.0 * 3600.0 + 5.0 * 60.0),
+            "3d 4h 05m"
+        );
+        assert_eq!(human_duration(f64::NAN), "?");
     }
 }

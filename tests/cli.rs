@@ -51,3 +51,21 @@ fn each_stage_help_opens_with_its_own_description() {
         assert!(help[heading..].contains("--device"), "{help}");
     }
 }
+
+/// A negative number is a value to refuse with its reason, not a flag clap
+/// does not know (README's example error).
+#[test]
+fn negative_values_are_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("gan");
+    let o = common::run(&[
+        "train-gan",
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--lr-g",
+        "-1",
+    ]);
+    common::one_line_error(&o, 2, &["--lr-g -1: must be a positive number"]);
+}

@@ -376,6 +376,39 @@ print("ok", len(tags["scalars"]), img[0].width, img[0].height)
     assert!(x.abs().max().double_value(&[]) <= 1.0);
 }
 
+/// Under a batch scheduler stderr is a file, the bars are hidden: plain
+/// lines say the step, the losses, the speed and the time left.
+#[test]
+fn a_log_file_gets_plain_progress_lines() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (data, _) = shards(tmp.path(), 16, false);
+    let out = tmp.path().join("gan");
+    let mut args = train_args(s(&data), s(&out), "biggan", "3");
+    args.retain(|a| *a != "--quiet");
+    let o = common::bin()
+        .args(&args)
+        .env("FEWLABELS_LOG_SECONDS", "0")
+        .output()
+        .expect("spawn");
+    assert!(o.status.success(), "{}", common::text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("train-gan: step "))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for (k, l) in lines.iter().enumerate() {
+        assert!(
+            l.starts_with(&format!("train-gan: step {}/3 (", k + 1)),
+            "{l}"
+        );
+        for part in [", D ", ", G ", " images/s, ETA "] {
+            assert!(l.contains(part), "{l}");
+        }
+    }
+    assert!(lines[2].ends_with("ETA 0s"), "{}", lines[2]);
+}
+
 #[test]
 fn a_diverging_run_names_the_step_and_the_term() {
     let tmp = tempfile::tempdir().expect("tmp");

@@ -637,6 +637,8 @@ pub fn train(
         .and_then(|s| s.parse::<u64>().ok());
 
     let mut scalars = Scalars::default();
+    let mut lines = crate::progress::LogLines::new();
+    let t_start = Instant::now();
     let mut last = BTreeMap::new();
     let mut evals: Vec<(u64, Vec<(String, f64)>)> = Vec::new();
     let (mut t_data, mut t_train) = (0.0, 0.0);
@@ -715,6 +717,24 @@ pub fn train(
                 last.get("g/loss").copied().unwrap_or(f64::NAN),
                 images_per_s
             ));
+            if writes && lines.due(last_step) {
+                // The log a batch scheduler keeps: what the bar shows.
+                let done = (step - start) as f64;
+                let eta = t_start.elapsed().as_secs_f64() / done * (cfg.steps - step) as f64;
+                let fid = last
+                    .get("eval/fid")
+                    .map(|f| format!(", FID {f:.2}"))
+                    .unwrap_or_default();
+                crate::progress::note(format!(
+                    "train-gan: step {step}/{} ({:.1}%), D {:.4}, G {:.4}{fid}, {:.0} images/s, ETA {}",
+                    cfg.steps,
+                    100.0 * step as f64 / cfg.steps as f64,
+                    last.get("d/loss").copied().unwrap_or(f64::NAN),
+                    last.get("g/loss").copied().unwrap_or(f64::NAN),
+                    images_per_s,
+                    crate::progress::human_duration(eta)
+                ));
+            }
         }
         let Some(events) = events.as_mut() else {
             continue; // the other ranks write nothing

@@ -414,7 +414,14 @@ impl<S: Stage> AnyStage for Entry<S> {
         // command's description: the stage's own is set last.
         let cmd = S::Params::augment_args(cmd)
             .next_help_heading("Execution (how fast it runs, never what it writes)");
-        Exec::augment_args(cmd).about(S::ABOUT).long_about(None)
+        Exec::augment_args(cmd)
+            .about(S::ABOUT)
+            .long_about(None)
+            // `--lr-g -1` is a value to refuse with a reason, not an unknown flag.
+            .mut_args(|a| {
+                let values = a.get_action().takes_values();
+                a.allow_negative_numbers(values)
+            })
     }
 
     fn main(&self, m: &ArgMatches) -> Result<()> {

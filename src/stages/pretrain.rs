@@ -466,6 +466,7 @@ fn train(
     pb.set_prefix(StageName::Pretrain.as_str());
     pb.set_position(start);
     let mut running = Running::default();
+    let mut lines = progress::LogLines::new();
     let mut images_seen = 0u64;
     let t_train = Instant::now();
     let mut t_wait = 0.0f64;
@@ -578,6 +579,16 @@ fn train(
         pb.set_position(done);
         let rate = (images_seen * world as u64) as f64 / t_train.elapsed().as_secs_f64().max(1e-9);
         pb.set_message(format!("loss {lv:.3} {rate:.0} img/s"));
+        if dist.is_rank0() && lines.due(done == params.steps) {
+            let eta = t_train.elapsed().as_secs_f64() / (done - start).max(1) as f64
+                * (params.steps - done) as f64;
+            progress::note(format!(
+                "pretrain: step {done}/{} ({:.1}%), loss {lv:.4}, {rate:.0} images/s, ETA {}",
+                params.steps,
+                100.0 * done as f64 / params.steps as f64,
+                progress::human_duration(eta)
+            ));
+        }
 
         if done % params.log_every == 0 || done == params.steps {
             // Means over every rank's batches.
