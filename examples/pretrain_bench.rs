@@ -1,8 +1,9 @@
 //! Speed figures for the pretrain issue (benches/pretrain/run.sh runs it):
-//! `step THREADS STEPS BATCH LABELLED`: images/s of the training step alone
-//! (the small ResNet, 4 rotations of BATCH 32x32 images + LABELLED
-//! unrotated ones, forward + backward + SGD) on synthetic data, the same
-//! model and step as benches/pretrain/torch_step.py;
+//! `step THREADS STEPS BATCH LABELLED [resnet50 RES CLASSES]`: images/s of
+//! the training step alone (the small ResNet at 32x32, or ResNet-50 at RES
+//! with a CLASSES-way head; 4 rotations of BATCH images + LABELLED unrotated
+//! ones, forward + backward + SGD) on synthetic data, the same model and
+//! step as benches/pretrain/torch_step.py;
 //! `loader THREADS IMAGES_DIR BATCH BATCHES [SIZE]`: images/s of the shard
 //! loader alone (decode + prefetch, no network); with SIZE, compare_gan's
 //! distorted crops resized to SIZE (what train-gan's ImageNet routes read).
@@ -33,13 +34,25 @@ fn main() -> Result<()> {
             let steps: usize = arg(&a, 3, "steps")?;
             let batch: i64 = arg(&a, 4, "batch")?;
             let labelled: i64 = arg(&a, 5, "labelled")?;
+            // Optional: `resnet50 128 1000` (the S2L extractor of the ImageNet routes).
+            let (cfg, res, classes) = match a.get(6).map(String::as_str) {
+                Some("resnet50") => (
+                    Config::resnet50(),
+                    arg(&a, 7, "resolution")?,
+                    arg(&a, 8, "classes")?,
+                ),
+                Some(other) => {
+                    return Err(Error::invalid(format!("arch {other}: small or resnet50")))
+                }
+                None => (Config::small(), 32i64, 10i64),
+            };
             tch::manual_seed(0);
             let vs = tch::nn::VarStore::new(Device::Cpu);
-            let net = RotationNet::new(&vs.root(), &Config::small(), Some(10))?;
+            let net = RotationNet::new(&vs.root(), &cfg, Some(classes))?;
             let mut opt = Optimizer::new(OptimConfig::sgd(0.9, 5e-4), &vs);
-            let x = Tensor::rand([batch, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-            let xl = Tensor::rand([labelled, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
-            let yl = Tensor::randint(10, [labelled], (Kind::Int64, Device::Cpu));
+            let x = Tensor::rand([batch, 3, res, res], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+            let xl = Tensor::rand([labelled, 3, res, res], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+            let yl = Tensor::randint(classes, [labelled], (Kind::Int64, Device::Cpu));
             let mut run = |n: usize| -> Result<f64> {
                 let t0 = Instant::now();
                 for _ in 0..n {
@@ -59,11 +72,11 @@ fn main() -> Result<()> {
                 }
                 Ok((n as f64) * (4 * batch + labelled) as f64 / t0.elapsed().as_secs_f64())
             };
-            run(3)?; // warm-up
+            run(if res > 32 { 1 } else { 3 })?; // warm-up
             let rate = run(steps)?;
             println!(
                 "{}",
-                serde_json::json!({"impl": "tch", "threads": threads, "steps": steps, "batch": batch, "labelled": labelled, "images_per_s": rate})
+                serde_json::json!({"impl": "tch", "threads": threads, "steps": steps, "batch": batch, "labelled": labelled, "resolution": res, "images_per_s": rate})
             );
         }
         "loader" => {

@@ -1,9 +1,13 @@
-"""The BigGAN of `src/models/biggan.rs` in PyTorch, layer for layer (BigGAN-PyTorch
-layout: hierarchical z, shared embedding, conditional BN, projection D, self-attention,
-spectral norm with one power iteration, orthogonal init), and the same G step as
-`fewlabels bench-gan`: z and labels, G forward (train mode), D forward on the fakes,
-hinge loss, backward, Adam step, EMA update. Prints one JSON line with G-step (and
-D-step) images/s. Used by benches/gan/gpu.sh and run.sh to compare with our binary.
+"""The BigGAN of `src/models/biggan.rs` in PyTorch, layer for layer (hierarchical z,
+shared embedding, conditional BN, projection D, self-attention, spectral norm with one
+power iteration, orthogonal init) in both its variants (`--arch`: BigGAN-PyTorch's
+layout, or compare_gan's: cBN gain gamma(c) instead of 1 + gamma(c), zero-insertion
+unpool instead of nearest upsampling, D shortcuts only where the channels change, no
+attention biases), and the same update as `fewlabels bench-gan`: `--d-steps` D steps
+(real batch and fresh fakes through D, hinge loss, backward, Adam), then the G step (z
+and labels, G forward in train mode, D on the fakes, backward, Adam, EMA). Prints one
+JSON line with the update's seconds and G-step / D-step images/s. Used by
+benches/gan/gpu.sh, run.sh and cpu128.sh to compare with our binary.
 
     python biggan_torch.py --resolution 128 --ch 96 --batch 256 [--bf16] --device cuda
 """
@@ -41,10 +45,10 @@ class SN(nn.Module):
 
 
 class SNConv(nn.Module):
-    def __init__(self, cin, cout, k):
+    def __init__(self, cin, cout, k, bias=True):
         super().__init__()
         self.sn = SN((cout, cin, k, k))
-        self.bias = nn.Parameter(torch.zeros(cout))
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
         self.pad = k // 2
 
     def forward(self, x):
@@ -61,16 +65,30 @@ class SNLinear(nn.Module):
         return F.linear(x, self.sn.normalized(), self.bias)
 
 
+ARCH = "biggan-pytorch"
+
+
+def upsample(x):
+    if ARCH == "biggan-pytorch":
+        return F.interpolate(x, scale_factor=2)
+    # compare_gan's unpool: each value at the top-left of its 2x2 block, zeros elsewhere.
+    n, c, h, w = x.shape
+    out = x.new_zeros(n, c, 2 * h, 2 * w)
+    out[:, :, ::2, ::2] = x
+    return out
+
+
 class CBN(nn.Module):
     def __init__(self, c, cond):
         super().__init__()
+        self.offset = 1.0 if ARCH == "biggan-pytorch" else 0.0
         self.gain = SNLinear(cond, c, bias=False)
         self.bias = SNLinear(cond, c, bias=False)
         self.register_buffer("running_mean", torch.zeros(c))
         self.register_buffer("running_var", torch.ones(c))
 
     def forward(self, x, y):
-        g = 1 + self.gain(y).float()
+        g = self.offset + self.gain(y).float()
         b = self.bias(y).float()
         out = F.batch_norm(x.float(), self.running_mean, self.running_var, None, None,
                            self.training, 0.1, 1e-5)
@@ -96,8 +114,9 @@ class Attention(nn.Module):
         super().__init__()
         self.ch = ch
         c8, c2 = max(ch // 8, 1), max(ch // 2, 1)
-        self.theta, self.phi = SNConv(ch, c8, 1), SNConv(ch, c8, 1)
-        self.g, self.o = SNConv(ch, c2, 1), SNConv(c2, ch, 1)
+        bias = ARCH == "biggan-pytorch"
+        self.theta, self.phi = SNConv(ch, c8, 1, bias), SNConv(ch, c8, 1, bias)
+        self.g, self.o = SNConv(ch, c2, 1, bias), SNConv(c2, ch, 1, bias)
         self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x):
@@ -120,10 +139,14 @@ def g_arch(res, ch):
 def d_arch(res, ch):
     if res == 128:
         i, o, down = [1, 2, 4, 8, 16], [1, 2, 4, 8, 16, 16], [1, 1, 1, 1, 1, 0]
-    elif res == 64:
+    elif res == 64 and ARCH == "biggan-pytorch":
         i, o, down = [1, 2, 4, 8], [1, 2, 4, 8, 16], [1, 1, 1, 1, 0]
-    else:
+    elif res == 64:
+        i, o, down = [2, 4, 8, 16], [2, 4, 8, 16, 16], [1, 1, 1, 1, 0]
+    elif ARCH == "biggan-pytorch":
         i, o, down = [4, 4, 4], [4, 4, 4, 4], [1, 1, 0, 0]
+    else:
+        i, o, down = [2, 2, 2], [2, 2, 2, 2], [1, 1, 1, 0]
     r, out_res = res, []
     for d in down:
         r = r // 2 if d else r
@@ -139,10 +162,10 @@ class GBlock(nn.Module):
         self.conv_sc = SNConv(cin, cout, 1)
 
     def forward(self, x, y):
-        h = F.interpolate(F.relu(self.bn1(x, y)), scale_factor=2)
+        h = upsample(F.relu(self.bn1(x, y)))
         h = self.conv1(h)
         h = self.conv2(F.relu(self.bn2(h, y)))
-        return h + self.conv_sc(F.interpolate(x, scale_factor=2)).to(h.dtype)
+        return h + self.conv_sc(upsample(x)).to(h.dtype)
 
 
 class Generator(nn.Module):
@@ -172,7 +195,10 @@ class DBlock(nn.Module):
     def __init__(self, cin, cout, pre, down):
         super().__init__()
         self.conv1, self.conv2 = SNConv(cin, cout, 3), SNConv(cout, cout, 3)
-        self.conv_sc = SNConv(cin, cout, 1) if (cin != cout or down) else None
+        shortcut = cin != cout or (down and ARCH == "biggan-pytorch")
+        self.conv_sc = SNConv(cin, cout, 1) if shortcut else None
+        # compare_gan adds nothing back where a block keeps its channels.
+        self.residual = shortcut or ARCH == "biggan-pytorch"
         self.pre, self.down = pre, down
 
     def forward(self, x):
@@ -180,6 +206,8 @@ class DBlock(nn.Module):
         h = self.conv2(F.relu(self.conv1(h)))
         if self.down:
             h = F.avg_pool2d(h, 2)
+        if not self.residual:
+            return h
         sc = x
         if self.pre:
             sc = self.conv_sc(sc) if self.conv_sc is not None else sc
@@ -221,7 +249,11 @@ def main():
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--device", default="cuda")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--arch", choices=["biggan-pytorch", "compare-gan"], default="biggan-pytorch")
+    p.add_argument("--d-steps", type=int, default=2)
     a = p.parse_args()
+    global ARCH
+    ARCH = a.arch
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
@@ -249,16 +281,17 @@ def main():
         yr = torch.arange(b, device=dev) % a.classes
         sync()
         t0 = time.perf_counter()
-        opt_d.zero_grad(set_to_none=False)
-        z = torch.randn(b, 120, device=dev)
-        yf = torch.randint(a.classes, (b,), device=dev)
-        with amp:
-            with torch.no_grad():
-                fake = G(z, yf)
-            out = D(torch.cat([real, fake]), torch.cat([yr, yf]))
-            loss = F.relu(1 - out[:b]).mean() + F.relu(1 + out[b:]).mean()
-        loss.backward()
-        opt_d.step()
+        for _ in range(a.d_steps):
+            opt_d.zero_grad(set_to_none=False)
+            z = torch.randn(b, 120, device=dev)
+            yf = torch.randint(a.classes, (b,), device=dev)
+            with amp:
+                with torch.no_grad():
+                    fake = G(z, yf)
+                out = D(torch.cat([real, fake]), torch.cat([yr, yf]))
+                loss = F.relu(1 - out[:b]).mean() + F.relu(1 + out[b:]).mean()
+            loss.backward()
+            opt_d.step()
         sync()
         t1 = time.perf_counter()
         opt_g.zero_grad(set_to_none=False)
@@ -277,14 +310,16 @@ def main():
             td += t1 - t0
             tg += t2 - t1
     n = max(a.steps, 1)
+    ds = max(a.d_steps, 1)
     print(json.dumps({
-        "impl": "pytorch", "torch": torch.__version__, "resolution": r, "ch": a.ch,
-        "batch_size": b, "bf16": a.bf16, "device": str(dev),
+        "impl": "pytorch", "torch": torch.__version__, "arch": a.arch, "resolution": r,
+        "ch": a.ch, "batch_size": b, "bf16": a.bf16, "device": str(dev),
         "threads": torch.get_num_threads(),
         "g_params": sum(p.numel() for p in G.parameters()),
         "d_params": sum(p.numel() for p in D.parameters()),
+        "d_steps": a.d_steps, "update_seconds": (td + tg) / n,
         "g_step_seconds": tg / n, "g_step_images_per_s": b * n / tg,
-        "d_step_seconds": td / n, "d_step_images_per_s": b * n / td,
+        "d_step_seconds": td / n / ds, "d_step_images_per_s": b * n * ds / td,
     }))
 
 

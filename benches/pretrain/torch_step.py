@@ -4,7 +4,11 @@ ResNet (basic blocks [1,1,1,1] x [32,64,128,256], 3x3 stem, rotation head +
 unrotated ones, one forward, rotation CE + class CE, backward, SGD momentum
 0.9, weight decay 5e-4), synthetic data.
 
-    python torch_step.py THREADS STEPS BATCH LABELLED
+    python torch_step.py THREADS STEPS BATCH LABELLED [resnet50 RES CLASSES]
+
+With `resnet50 RES CLASSES`: torchvision's ResNet-50 (the S2L extractor of
+the ImageNet routes, as src/models/resnet.rs builds it) at RES x RES with a
+CLASSES-way class head.
 """
 import json
 import sys
@@ -51,15 +55,34 @@ class Net(nn.Module):
         return self.rotation_head(h), self.class_head(h)
 
 
+class ResNet50(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        import torchvision
+        self.body = torchvision.models.resnet50()
+        self.body.fc = nn.Identity()
+        self.rotation_head = nn.Linear(2048, 4)
+        self.class_head = nn.Linear(2048, classes)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.rotation_head(h), self.class_head(h)
+
+
 def main():
     threads, steps, batch, labelled = (int(a) for a in sys.argv[1:5])
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    net = Net()
+    if len(sys.argv) > 5 and sys.argv[5] == "resnet50":
+        res, classes = int(sys.argv[6]), int(sys.argv[7])
+        net = ResNet50(classes)
+    else:
+        res, classes = 32, 10
+        net = Net()
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    x = torch.rand(batch, 3, 32, 32) * 2 - 1
-    xl = torch.rand(labelled, 3, 32, 32) * 2 - 1
-    yl = torch.randint(0, 10, (labelled,))
+    x = torch.rand(batch, 3, res, res) * 2 - 1
+    xl = torch.rand(labelled, 3, res, res) * 2 - 1
+    yl = torch.randint(0, classes, (labelled,))
 
     def run(n):
         t0 = time.perf_counter()
@@ -74,10 +97,10 @@ def main():
             loss.item()
         return n * (4 * batch + labelled) / (time.perf_counter() - t0)
 
-    run(3)
+    run(1 if res > 32 else 3)
     rate = run(steps)
     print(json.dumps({"impl": "pytorch", "threads": threads, "steps": steps, "batch": batch,
-                      "labelled": labelled, "images_per_s": rate}))
+                      "labelled": labelled, "resolution": res, "images_per_s": rate}))
 
 
 if __name__ == "__main__":

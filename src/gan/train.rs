@@ -804,6 +804,9 @@ pub struct BenchResult {
     pub device: String,
     pub g_params: i64,
     pub d_params: i64,
+    /// D steps per update; `update_seconds` is all of them plus the G step.
+    pub d_steps: u64,
+    pub update_seconds: f64,
     pub g_step_seconds: f64,
     pub g_step_images_per_s: f64,
     pub d_step_seconds: f64,
@@ -831,7 +834,10 @@ pub fn bench(cfg: &TrainConfig, device: Device, steps: u64, warmup: u64) -> Resu
         let real = gan.real_batch(&images, &labels, step, 0);
         sync();
         let t0 = Instant::now();
-        gan.d_step(step, 0, std::slice::from_ref(&real), &mut scalars)?;
+        // One full update: `d_steps` D steps (each on the real batch and fresh fakes), then G.
+        for d in 0..cfg.d_steps {
+            gan.d_step(step, d, std::slice::from_ref(&real), &mut scalars)?;
+        }
         sync();
         let t1 = Instant::now();
         gan.g_step(step, &mut scalars)?;
@@ -842,6 +848,7 @@ pub fn bench(cfg: &TrainConfig, device: Device, steps: u64, warmup: u64) -> Resu
         }
     }
     let n = steps.max(1) as f64;
+    let d_steps = cfg.d_steps.max(1) as f64;
     Ok(BenchResult {
         resolution: r,
         ch: cfg.model.ch,
@@ -850,9 +857,11 @@ pub fn bench(cfg: &TrainConfig, device: Device, steps: u64, warmup: u64) -> Resu
         device: format!("{device:?}"),
         g_params: parameter_count(&gan.vs_g),
         d_params: parameter_count(&gan.vs_d),
+        d_steps: cfg.d_steps,
+        update_seconds: (td + tg) / n,
         g_step_seconds: tg / n,
         g_step_images_per_s: b as f64 * n / tg,
-        d_step_seconds: td / n,
-        d_step_images_per_s: b as f64 * n / td,
+        d_step_seconds: td / n / d_steps,
+        d_step_images_per_s: b as f64 * n * d_steps / td,
     })
 }

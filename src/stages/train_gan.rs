@@ -632,6 +632,12 @@ pub struct BenchCli {
     pub warmup: u64,
     #[arg(long, value_enum, default_value_t = GanMode::Biggan)]
     pub mode: GanMode,
+    /// Whose BigGAN (as train-gan --arch).
+    #[arg(long, value_enum, default_value_t = GanArch::BigganPytorch)]
+    pub arch: GanArch,
+    /// D steps per timed update (compare_gan: 2).
+    #[arg(long, default_value_t = 2)]
+    pub d_steps: u64,
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
@@ -649,6 +655,8 @@ pub fn bench_main(cli: BenchCli) -> Result<()> {
         batch_size: cli.batch_size,
         accumulation: 1,
         bf16: cli.bf16,
+        arch: cli.arch,
+        d_steps: cli.d_steps,
         ..Params::default()
     };
     let cfg = params.train_config(&names, cli.resolution)?;
