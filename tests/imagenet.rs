@@ -111,6 +111,8 @@ fn shrink(pipeline: &Path, data: &Path) -> Vec<String> {
                 "grid-rows=3",
                 "grid-cols=2",
                 "bf16=false",
+                "eval-every=1",
+                "eval-samples=8",
             ],
         ),
         (
@@ -262,5 +264,24 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
         let (w, _) = image::image_dimensions(&grid).unwrap();
         assert_eq!(w, 2 * 130 + 2, "{name}: 128x128 samples in the grid");
         assert!(run_dir.join("report.html").exists(), "{name}: no report");
+        // Scored while it trained (here every step, as shipped every 5,000):
+        // FID at steps 1 and 2, the best counted, the curve in the report.
+        assert_eq!(gan["counts"]["eval_points"], 2, "{name}");
+        assert!(
+            gan["counts"]["best_fid"]
+                .as_f64()
+                .is_some_and(f64::is_finite),
+            "{name}"
+        );
+        let report = fs::read_to_string(run_dir.join("report.md")).unwrap();
+        assert!(report.contains("metrics-eval_fid.png"), "{name}: {report}");
+        // Every kept checkpoint scored by evaluate, the best named.
+        let src = &scores["sources"][0];
+        assert_eq!(
+            src["checkpoints"].as_array().map(Vec::len),
+            Some(2),
+            "{name}: {src}"
+        );
+        assert!(src["best_step"].is_u64(), "{name}: {src}");
     }
 }

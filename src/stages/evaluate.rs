@@ -1060,9 +1060,12 @@ pub struct GeneratorScorer {
 }
 
 impl GeneratorScorer {
+    /// `reference_limit` rows of the reference (0: all), drawn as
+    /// `evaluate --reference-limit` draws them, so the cache is shared.
     pub fn new(
         reference: &Path,
         inception: Option<&Path>,
+        reference_limit: usize,
         samples: usize,
         seed: u64,
         device: Device,
@@ -1075,7 +1078,11 @@ impl GeneratorScorer {
         let nets = Nets::load(&params, None, device)?;
         let table = ImagesTable::open(reference)?;
         let reference_side = tables::image_side(&table.files[0])?;
-        let (gauss, _, _) = table_stats_cached(&table, table.rows, &nets, &params, "reference")?;
+        let limit = match reference_limit {
+            0 => table.rows,
+            n => n.min(table.rows),
+        };
+        let (gauss, _, _) = table_stats_cached(&table, limit, &nets, &params, "reference")?;
         Ok(GeneratorScorer {
             nets,
             params,

@@ -112,6 +112,11 @@ pub struct Params {
     /// above a 50,000-sample FID of the same generator).
     #[arg(long, default_value_t = 10_000)]
     pub eval_samples: usize,
+    /// Reference images whose statistics --eval-every compares with: a
+    /// seeded sample of this many (0 = all), as `evaluate --reference-limit`
+    /// draws it (the same value shares evaluate's cached statistics).
+    #[arg(long, default_value_t = 0)]
+    pub eval_reference_limit: usize,
     /// The feature network for --eval-every, as `evaluate --inception`
     /// (default: the FID Inception `make setup` installs).
     #[arg(long, value_name = "FILE")]
@@ -161,6 +166,7 @@ impl Default for Params {
             log_every: 50,
             eval_every: 0,
             eval_samples: 10_000,
+            eval_reference_limit: 0,
             inception: None,
             keep_checkpoints: 2,
             standing_batches: 16,
@@ -383,6 +389,7 @@ impl Stage for TrainGan {
             (n, Some(reference)) if n > 0 && dist.is_rank0() => Some(GeneratorScorer::new(
                 reference,
                 params.inception.as_deref(),
+                params.eval_reference_limit,
                 params.eval_samples,
                 params.seed,
                 device,
