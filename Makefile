@@ -23,7 +23,7 @@ BIN := $(CARGO_TARGET_DIR)/release/fewlabels
 # of polars, arrow and torch-sys would take longer than the demo itself.
 DEMO_BIN := $(CARGO_TARGET_DIR)/debug/fewlabels
 
-.PHONY: setup build test demo bench fmt lint clean-runs
+.PHONY: setup build test demo bench install fmt lint clean-runs
 
 setup:
 	@scripts/setup.sh
@@ -55,6 +55,16 @@ _demo:
 # dependencies fully optimised, the heavy work in libtorch and the decoders.
 bench: setup
 	benches/run.sh
+
+# `fewlabels` on PATH: the build the tests and the demo use, copied to
+# $(PREFIX)/bin (default ~/.local/bin).
+PREFIX ?= $(HOME)/.local
+install: setup
+	$(MAKE) --no-print-directory _install
+
+_install:
+	$(CARGO) build --locked
+	scripts/install.sh $(DEMO_BIN) $(PREFIX)
 
 fmt:
 	$(CARGO) fmt --all

@@ -69,3 +69,33 @@ fn negative_values_are_refused_by_name() {
     ]);
     common::one_line_error(&o, 2, &["--lr-g -1: must be a positive number"]);
 }
+
+/// `make install`'s copy: the binary runs from PREFIX/bin, found on PATH,
+/// libtorch found by its rpath without any environment.
+#[test]
+fn installed_binary_runs_from_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install.sh");
+    let o = std::process::Command::new(&script)
+        .arg(env!("CARGO_BIN_EXE_fewlabels"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not on PATH"));
+    let o = std::process::Command::new("fewlabels")
+        .arg("--version")
+        .env_clear()
+        .env("PATH", tmp.path().join("bin"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("fewlabels "));
+    // Not a binary: exit 2 and the fix.
+    let o = std::process::Command::new(&script)
+        .arg(tmp.path().join("nothing"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    common::one_line_error(&o, 2, &["not a built binary"]);
+}
