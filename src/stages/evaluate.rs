@@ -45,6 +45,8 @@ use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage};
 pub const SCORES_FILE: &str = "scores.json";
 pub const TABLE_CSV: &str = "label_efficiency.csv";
 pub const TABLE_MD: &str = "label_efficiency.md";
+/// The reference's statistics for other tools (`--export-stats`).
+pub const STATS_NPZ: &str = "reference-stats.npz";
 /// The folder of the feature-statistics cache, inside the per-user cache.
 pub const STATS_DIR: &str = "fid-stats";
 
@@ -120,6 +122,11 @@ pub struct Params {
     /// Images per network call.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Also write the reference's Inception statistics as
+    /// `reference-stats.npz` (`mu` [2048], `sigma` [2048, 2048], float64),
+    /// the file pytorch-fid and clean-fid read (`np.load(f)["mu"]`).
+    #[arg(long)]
+    pub export_stats: bool,
     /// Which weights of a GAN are scored: the final EMA generator (last),
     /// or also the EMA generator of every checkpoint train-gan kept (all,
     /// one run of --num-samples each), reporting the best and the last as
@@ -159,6 +166,7 @@ impl Default for Params {
             is_splits: 1,
             batch_size: 32,
             checkpoints: CheckpointChoice::Last,
+            export_stats: false,
             inception: None,
             classifier: None,
             class_script: None,
@@ -492,9 +500,24 @@ fn body(
         }
     }
 
+    if params.export_stats {
+        let path = run.dir.join(STATS_NPZ);
+        let tmp = run.dir.join(format!(".{STATS_NPZ}.tmp"));
+        Tensor::write_npz(
+            &[
+                ("mu", ref_gauss.mean.to_kind(Kind::Double)),
+                ("sigma", ref_gauss.cov.to_kind(Kind::Double)),
+            ],
+            &tmp,
+        )
+        .at(&tmp)?;
+        std::fs::rename(&tmp, &path).at(&path)?;
+        run.add_output(STATS_NPZ, None)?;
+    }
     let doc = serde_json::json!({
         "reference": {"dir": reference, "images": ref_gauss.n, "classes": ref_class_counts},
         "inception": inception_path,
+        "resize_mode": nets.inception.resize_mode(),
         "inception_checksum": nets.inception_checksum,
         "classifier": params.classifier,
         "class_model": judge_path.filter(|_| nets.judge.is_some()),
@@ -510,6 +533,7 @@ fn body(
     run.add_output(TABLE_MD, Some(all.len() as u64))?;
 
     run.count("sources", all.len() as u64);
+    run.count("resize_mode", nets.inception.resize_mode());
     if let [only] = all.as_slice() {
         run.count("fid", only.fid_mean);
         run.count("fid_std", only.fid_std);
