@@ -33,14 +33,14 @@ fn cli() -> Command {
     for stage in stages::REGISTRY {
         cmd = cmd.subcommand(stage.command());
     }
-    cmd.subcommand(
+    cmd.subcommand(negatives(
         train_gan::GenerateCli::augment_args(Command::new("generate"))
             .about("Sample PNG images from a trained GAN's EMA generator."),
-    )
-    .subcommand(
+    ))
+    .subcommand(negatives(
         train_gan::BenchCli::augment_args(Command::new("bench-gan"))
             .about("Time the GAN's G and D steps on synthetic data (benches/gan/)."),
-    )
+    ))
     .subcommand(
         pipeline::Cli::augment_args(Command::new("run"))
             .about("Run a pipeline file's stages in order, skipping finished ones."),
@@ -49,6 +49,14 @@ fn cli() -> Command {
         Command::new("doctor")
             .about("Print the libtorch version, CUDA/cuDNN availability and thread counts."),
     )
+}
+
+/// `--truncation -1` is a value to refuse with a reason, not an unknown flag.
+fn negatives(cmd: Command) -> Command {
+    cmd.mut_args(|a| {
+        let values = a.get_action().takes_values();
+        a.allow_negative_numbers(values)
+    })
 }
 
 fn parsed<T: FromArgMatches>(m: &ArgMatches) -> Result<T> {

@@ -368,6 +368,44 @@ print("ok", len(tags["scalars"]), img[0].width, img[0].height)
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--class 10"));
+    // BigGAN's truncation trick: other images from the same seed, and a
+    // threshold that is not positive is a usage error naming the flag.
+    let truncated = tmp.path().join("truncated");
+    let o = common::run(&[
+        "--quiet",
+        "generate",
+        "--gan",
+        s(&gan),
+        "--count",
+        "5",
+        "--class",
+        "7",
+        "--output",
+        s(&truncated),
+        "--device",
+        "cpu",
+        "--truncation",
+        "0.3",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let first = |dir: &Path| {
+        image::open(dir.join("000000-class-7.png"))
+            .unwrap()
+            .into_rgb8()
+    };
+    assert_ne!(first(&truncated), first(&out));
+    let o = common::run(&[
+        "generate",
+        "--gan",
+        s(&gan),
+        "--count",
+        "1",
+        "--output",
+        s(&truncated),
+        "--truncation",
+        "-1",
+    ]);
+    common::one_line_error(&o, 2, &["--truncation -1"]);
     // The library call the evaluate stage uses.
     let (x, labels) =
         fewlabels::gan::sample::sample_images(&gan, 6, None, 1, tch::Device::Cpu).expect("sample");

@@ -108,6 +108,43 @@ impl LoadedGenerator {
     ) -> Result<(Tensor, Vec<i64>)> {
         sample_from(&self.g, count, class, seed, chunk)
     }
+
+    /// [`LoadedGenerator::sample`] with BigGAN's truncation trick: z from a
+    /// normal truncated to [-t, t] (None: no truncation).
+    pub fn sample_truncated(
+        &self,
+        count: usize,
+        class: Option<i64>,
+        seed: u64,
+        chunk: usize,
+        truncation: Option<f64>,
+    ) -> Result<(Tensor, Vec<i64>)> {
+        sample_latents(&self.g, count, class, seed, chunk, truncation)
+    }
+}
+
+/// `shape` draws of a standard normal truncated to [-t, t] (BigGAN's
+/// truncation trick, as its `truncated_z_sample` draws them): every value
+/// outside is redrawn until none is, from the global generator, so a seed
+/// gives the same z.
+pub fn truncated_normal(shape: &[i64], t: f64, device: Device) -> Result<Tensor> {
+    if !(t > 0.0 && t.is_finite()) {
+        return Err(Error::invalid(format!(
+            "truncation {t}: must be a positive number (e.g. 0.5; smaller trades variety for fidelity)"
+        )));
+    }
+    let z = Tensor::randn(shape, (Kind::Float, device));
+    loop {
+        let outside = z.abs().gt(t);
+        if outside.any().int64_value(&[]) == 0 {
+            return Ok(z);
+        }
+        let fresh = Tensor::randn(shape, (Kind::Float, device));
+        let _ = tch::no_grad(|| {
+            z.shallow_clone()
+                .masked_scatter_(&outside, &fresh.masked_select(&outside))
+        });
+    }
 }
 
 /// `count` images `[N, 3, H, W]` (f32 in [-1, 1], CPU) from generator `g`
@@ -120,6 +157,17 @@ pub fn sample_from(
     class: Option<i64>,
     seed: u64,
     chunk: usize,
+) -> Result<(Tensor, Vec<i64>)> {
+    sample_latents(g, count, class, seed, chunk, None)
+}
+
+fn sample_latents(
+    g: &Generator,
+    count: usize,
+    class: Option<i64>,
+    seed: u64,
+    chunk: usize,
+    truncation: Option<f64>,
 ) -> Result<(Tensor, Vec<i64>)> {
     let n_classes = g.cfg.n_classes;
     if let Some(c) = class {
@@ -138,7 +186,10 @@ pub fn sample_from(
     while done < count {
         let n = chunk.min(count - done) as i64;
         crate::gan::seed_all(seed, &[0x5a3b1e, k]);
-        let z = Tensor::randn([n, g.cfg.z_dim], (Kind::Float, device));
+        let z = match truncation {
+            None => Tensor::randn([n, g.cfg.z_dim], (Kind::Float, device)),
+            Some(t) => truncated_normal(&[n, g.cfg.z_dim], t, device)?,
+        };
         let y = match class {
             Some(c) => Tensor::full([n], c, (Kind::Int64, device)),
             None => Tensor::randint(n_classes, [n], (Kind::Int64, device)),
@@ -247,6 +298,28 @@ pub fn grid_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The truncation trick's z: inside [-t, t], a seed gives the same
+    /// draw, and the bulk keeps a normal's shape (not clamped to the edges).
+    #[test]
+    fn truncated_normal_stays_inside_and_repeats() {
+        tch::manual_seed(5);
+        let z = truncated_normal(&[400, 120], 0.5, Device::Cpu).unwrap();
+        assert!(z.abs().max().double_value(&[]) <= 0.5);
+        let at_edge = z
+            .abs()
+            .gt(0.499)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!(at_edge < 0.01, "{at_edge} of the values at the edge");
+        // A truncated standard normal on [-0.5, 0.5] has standard deviation ~0.2863.
+        let sd = z.std(true).double_value(&[]);
+        assert!((sd - 0.2863).abs() < 0.005, "{sd}");
+        tch::manual_seed(5);
+        assert!(z.equal(&truncated_normal(&[400, 120], 0.5, Device::Cpu).unwrap()));
+        assert!(truncated_normal(&[2], 0.0, Device::Cpu).is_err());
+    }
 
     #[test]
     fn grid_has_the_right_size_and_pixels() {

@@ -559,8 +559,14 @@ pub struct GenerateCli {
     /// Only this class (default: uniform over the classes).
     #[arg(long)]
     pub class: Option<i64>,
+    /// Seed of the latents and labels: the same seed, the same images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// BigGAN's truncation trick: z drawn from a normal truncated to
+    /// [-T, T] (e.g. 0.5; smaller trades variety for fidelity). Default:
+    /// untruncated, as the paper samples.
+    #[arg(long, value_name = "T")]
+    pub truncation: Option<f64>,
     #[command(flatten)]
     pub exec: Exec,
 }
@@ -577,6 +583,11 @@ pub fn generate_main(cli: GenerateCli) -> Result<()> {
             n_classes - 1
         )));
     }
+    if let Some(t) = cli.truncation.filter(|t| !(*t > 0.0 && t.is_finite())) {
+        return Err(Error::usage(format!(
+            "--truncation {t}: must be a positive number (e.g. 0.5)"
+        )));
+    }
     fs::create_dir_all(&cli.output).at(&cli.output)?;
     let bar = crate::progress::bar(cli.count as u64, "images");
     let mut csv = String::from("file,label,class_name\n");
@@ -586,7 +597,8 @@ pub fn generate_main(cli: GenerateCli) -> Result<()> {
     while done < cli.count {
         let n = chunk.min(cli.count - done);
         // A per-chunk seed: the first files are the same whatever the count.
-        let (x, labels) = g.sample(n, cli.class, cli.seed.wrapping_add(k), n)?;
+        let (x, labels) =
+            g.sample_truncated(n, cli.class, cli.seed.wrapping_add(k), n, cli.truncation)?;
         let s = x.size();
         let (h, w) = (s[2] as u32, s[3] as u32);
         for (i, (rgb, label)) in to_rgb8(&x)?.iter().zip(&labels).enumerate() {
