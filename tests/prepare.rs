@@ -1131,3 +1131,52 @@ fn broken_list_files_are_one_line_errors_naming_the_file_and_line() {
         "{err}"
     );
 }
+
+/// `--codec raw` rows are no image file PIL can open: Hugging Face
+/// `datasets` is told a struct of bytes and path, and the bytes are the
+/// size x size x 3 pixels, as the PNG rows decode.
+#[test]
+fn raw_rows_are_declared_as_bytes_to_datasets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (images, labels) = common::fashion_raw("t10k", 20);
+    let refs: Vec<&[u8]> = images.iter().map(|v| v.as_slice()).collect();
+    let idx = common::write_idx(&tmp.path().join("idx"), "t10k", &refs, &labels);
+    let (raw, png) = (tmp.path().join("raw"), tmp.path().join("png"));
+    for (out, codec) in [(&raw, "raw"), (&png, "png")] {
+        ok(&common::run(&[
+            "prepare",
+            "--quiet",
+            "--input",
+            s(&idx),
+            "--output",
+            s(out),
+            "--size",
+            "32",
+            "--codec",
+            codec,
+            "--class-names",
+            &common::fashion_class_names(),
+        ]));
+    }
+    let script = format!(
+        "import glob, datasets, numpy as np\n\
+         load = lambda d: datasets.load_dataset('arrow', data_files=sorted(glob.glob(d + '/images-*.arrow')), split='train')\n\
+         raw, png = load({:?}), load({:?})\n\
+         assert type(raw.features['image']).__name__ != 'Image', raw.features\n\
+         assert type(png.features['image']).__name__ == 'Image', png.features\n\
+         for i in (0, 7, 19):\n\
+         \x20   px = np.frombuffer(raw[i]['image']['bytes'], np.uint8).reshape(32, 32, 3)\n\
+         \x20   assert (px == np.asarray(png[i]['image'].convert('RGB'))).all(), i\n\
+         print(len(raw))",
+        s(&raw),
+        s(&png)
+    );
+    let o = common::python()
+        .args(["-c", &script])
+        .env("HF_DATASETS_CACHE", tmp.path().join("hf"))
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "20");
+}

@@ -73,13 +73,30 @@ impl StoredImage {
             .and_then(|v| serde_json::from_str(v).ok())
     }
 
-    /// `schema` with this format recorded in its metadata.
+    /// `schema` with this format recorded in its metadata. Raw rows are no
+    /// image file PIL can open, so Hugging Face `datasets` is told the
+    /// column is a plain struct of bytes and path, not an `Image`.
     pub fn attach(&self, schema: &SchemaRef) -> SchemaRef {
         let mut md = schema.metadata().clone();
         md.insert(
             STORED_IMAGE_KEY.to_string(),
             serde_json::to_string(self).expect("stored image serialises"),
         );
+        if self.codec == StoredCodec::Raw {
+            let hf = crate::shard::schema::HF_KEY;
+            if let Some(mut v) = md
+                .get(hf)
+                .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+            {
+                if let Some(image) = v.pointer_mut("/info/features/image") {
+                    *image = serde_json::json!({
+                        "bytes": {"dtype": "binary", "_type": "Value"},
+                        "path": {"dtype": "string", "_type": "Value"},
+                    });
+                }
+                md.insert(hf.to_string(), v.to_string());
+            }
+        }
         Arc::new(Schema::new_with_metadata(schema.fields().clone(), md))
     }
 }
