@@ -622,6 +622,50 @@ print("ok", len(ds), sum(l is None for l in labels), ds[0]["image"].size, ds[0][
         "{out}"
     );
 
+    // A PyTorch loop: torch's default collate refuses the unlabelled rows'
+    // None, so README's recipe maps them to -1 in a lazy transform (nothing
+    // copied) and a real DataLoader takes the batches.
+    let script = r#"
+import sys, glob, datasets, numpy as np, torch
+files = sorted(glob.glob(sys.argv[1] + "/train-*.arrow"))
+ds = datasets.load_dataset("arrow", data_files=files, split="train")
+plain = ds.remove_columns(["image"])
+try:
+    next(iter(torch.utils.data.DataLoader(plain, batch_size=1000)))
+    raise SystemExit("the default collate took the None labels")
+except (RuntimeError, TypeError):
+    pass
+# with_format("torch") takes them, but as float labels with NaN: the pitfall README names.
+labels = next(iter(torch.utils.data.DataLoader(plain.with_format("torch"), batch_size=1000)))["label"]
+assert labels.dtype == torch.float32 and bool(labels.isnan().any()), labels.dtype
+def to_torch(batch):
+    images = np.stack([np.asarray(im.convert("RGB")) for im in batch["image"]])
+    return {
+        "image": torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1,
+        "label": torch.tensor([-1 if l is None else l for l in batch["label"]]),
+    }
+ds.set_transform(to_torch)
+loader = torch.utils.data.DataLoader(ds, batch_size=64, shuffle=True, num_workers=0)
+n = unlabelled = 0
+for b in loader:
+    assert b["image"].shape[1:] == (3, 28, 28) and b["image"].dtype == torch.float32
+    n += len(b["label"])
+    unlabelled += int((b["label"] == -1).sum())
+print("ok", n, unlabelled)
+"#;
+    let o = common::python()
+        .args(["-c", script, s(&co)])
+        .env("HF_DATASETS_OFFLINE", "1")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_HOME", tmp.path().join("hf"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("ok 1000 {unlabelled}")
+    );
+
     // Labels naming images that are not in the table: a clear error.
     let other = fashion_images(500, None);
     let o = tmp.path().join("o");
