@@ -217,6 +217,9 @@ impl Pipeline {
                     reference_prepared = true;
                 }
                 dirs = dirs.replace(slot, dir);
+            } else if stage.name() == StageName::TrainGan && reference_slot.is_some() {
+                // No [evaluate] reference: the run's own images, as evaluate's default.
+                dirs = dirs.replace(&stages::train_gan::REFERENCE, p.dir(StageName::Prepare));
             }
             stage
                 .check(&dirs, &params)

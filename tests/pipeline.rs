@@ -147,6 +147,7 @@ fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
         let imagenet = path
             .file_stem()
             .is_some_and(|n| n.to_string_lossy().starts_with("imagenet-"));
+        let custom = path.file_stem().is_some_and(|n| n == "custom");
         if imagenet {
             common::one_line_error(
                 &o,
@@ -157,6 +158,9 @@ fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
                     "does not exist",
                 ],
             );
+        } else if custom {
+            // The template's placeholders: the user's folder is not here.
+            common::one_line_error(&o, 2, &["[prepare] input", "my_images", "does not exist"]);
         } else {
             assert!(
                 o.status.success(),
@@ -198,8 +202,8 @@ fn plan_validates_every_shipped_pipeline_and_lists_its_stages() {
         }
     }
     assert!(
-        seen >= 11,
-        "expected three demos and eight ImageNet pipelines, found {seen}"
+        seen >= 12,
+        "expected three demos, the custom template and eight ImageNet pipelines, found {seen}"
     );
 }
 
@@ -318,4 +322,91 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
         ["sample-labels", "pseudo-label"],
         "{fourth:?}"
     );
+}
+
+/// A newcomer's path with pipelines/custom.toml: a flat folder of their own
+/// images, a CSV of the few they labelled (paths relative to the folder,
+/// labels by name), through to a report; shrunk with `--set` to a CPU.
+#[test]
+fn custom_pipeline_takes_my_folder_and_my_few_labels_to_a_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("my_images");
+    fs::create_dir_all(&folder).unwrap();
+    let (images, labels) = common::fashion_raw("train", 80);
+    let mut csv = String::from("path,label\n");
+    for (i, img) in images.iter().enumerate() {
+        let name = format!("img_{i:03}.png");
+        image::GrayImage::from_raw(28, 28, img.clone())
+            .unwrap()
+            .save(folder.join(&name))
+            .unwrap();
+        if i % 4 == 0 {
+            csv.push_str(&format!(
+                "{name},{}\n",
+                common::FASHION_CLASSES[labels[i] as usize]
+            ));
+        }
+    }
+    let list = tmp.path().join("my_labels.csv");
+    fs::write(&list, csv).unwrap();
+    let pipeline = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/custom.toml");
+    let run_dir = tmp.path().join("run");
+    let mut args: Vec<String> = vec![
+        "--quiet".into(),
+        "run".into(),
+        pipeline.to_str().unwrap().into(),
+        "--run-dir".into(),
+        run_dir.to_str().unwrap().into(),
+    ];
+    let sets = [
+        format!("prepare.input={:?}", folder.to_str().unwrap()),
+        "prepare.size=32".into(),
+        format!("prepare.class-names={:?}", common::fashion_class_names()),
+        format!("sample-labels.from={:?}", list.to_str().unwrap()),
+        "pretrain.arch=\"tiny\"".into(),
+        "pretrain.steps=4".into(),
+        "pretrain.batch-size=8".into(),
+        "pretrain.labelled-batch-size=8".into(),
+        "pretrain.warmup-steps=0".into(),
+        "train-gan.resolution=32".into(),
+        "train-gan.ch=4".into(),
+        "train-gan.batch-size=8".into(),
+        "train-gan.accumulation=1".into(),
+        "train-gan.rotated-batch-fraction=2".into(),
+        "train-gan.steps=2".into(),
+        "train-gan.ema-start=0".into(),
+        "train-gan.checkpoint-every=1".into(),
+        "train-gan.eval-every=1".into(),
+        "train-gan.eval-samples=8".into(),
+        "train-gan.standing-batches=1".into(),
+        "train-gan.grid-rows=2".into(),
+        "train-gan.grid-cols=2".into(),
+        "evaluate.num-samples=8".into(),
+        "evaluate.kid-subset-size=4".into(),
+        "evaluate.kid-subsets=2".into(),
+        "exec.device=\"cpu\"".into(),
+        "exec.threads=2".into(),
+    ];
+    for set in sets {
+        args.push("--set".into());
+        args.push(set);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = common::bin()
+        .args(&args)
+        .env("FEWLABELS_STATS_CACHE", tmp.path().join("fid-stats"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let manifest = |stage: &str| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(run_dir.join(stage).join("_stage.json")).unwrap()).unwrap()
+    };
+    assert_eq!(manifest("images")["counts"]["written"], 80);
+    assert_eq!(manifest("labels")["counts"]["labelled"], 20);
+    assert_eq!(manifest("gan")["counts"]["mode"], "s3gan");
+    assert_eq!(manifest("gan")["counts"]["eval_points"], 2);
+    assert!(manifest("eval")["counts"]["fid"]
+        .as_f64()
+        .is_some_and(f64::is_finite));
+    assert!(run_dir.join("report.html").exists());
 }

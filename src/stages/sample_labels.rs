@@ -41,7 +41,8 @@ pub struct Params {
     #[arg(long, default_value_t = 0.0)]
     pub holdout: f64,
     /// Take the labelled subset from this CSV or Parquet list (columns `id`
-    /// or `path`, and `label` as class index or name) instead of drawing it.
+    /// or `path`, and `label` as class index or name) instead of drawing it;
+    /// a `path` may be relative to the folder `prepare` read.
     #[arg(long = "from")]
     pub from: Option<PathBuf>,
 }
@@ -447,15 +448,28 @@ fn read_list(
 }
 
 /// path -> id of every image.
+/// Every image's `path` (as prepare recorded it: the full path of a
+/// folder's file) -> its id, and also its path relative to the folder
+/// `prepare` read, so that a list may name `cats/001.jpg` for
+/// `/data/pets/cats/001.jpg`.
 fn image_paths(images: &Path) -> Result<HashMap<String, u64>> {
     let m = Manifest::read_complete(images, StageName::Prepare)?;
+    let root = m
+        .params
+        .get("input")
+        .and_then(|v| v.as_str())
+        .map(|r| format!("{}/", r.trim_end_matches('/')));
     let mut out = HashMap::new();
     for batch in TableReader::from_manifest(images, &m, "images", Some(&["id", "path"])) {
         let batch = batch?;
         let id = tables::u64_column(&batch, "id", images)?;
         let path = tables::str_column(&batch, "path", images)?;
         for i in 0..batch.num_rows() {
-            out.insert(path.value(i).to_string(), id.value(i));
+            let p = path.value(i);
+            if let Some(rel) = root.as_deref().and_then(|r| p.strip_prefix(r)) {
+                out.insert(rel.to_string(), id.value(i));
+            }
+            out.insert(p.to_string(), id.value(i));
         }
     }
     Ok(out)
