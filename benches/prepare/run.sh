@@ -184,3 +184,4 @@ PY
   done
 fi
 rm -rf "$work"
+"$top/benches/prepare/crops.sh"
