@@ -99,3 +99,48 @@ fn installed_binary_runs_from_path() {
         .unwrap();
     common::one_line_error(&o, 2, &["not a built binary"]);
 }
+
+/// Every flag of every command says in a sentence what it does.
+#[test]
+fn every_flag_has_a_sentence() {
+    let commands = [
+        "prepare",
+        "duplicates",
+        "sample-labels",
+        "pretrain",
+        "embed",
+        "pseudo-label",
+        "shard",
+        "train-gan",
+        "evaluate",
+        "generate",
+        "bench-gan",
+        "run",
+    ];
+    let mut bare = Vec::new();
+    for command in commands {
+        let o = common::run(&[command, "--help"]);
+        assert!(o.status.success(), "{}", common::text(&o));
+        let help = String::from_utf8_lossy(&o.stdout).into_owned();
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            let is_flag = t.starts_with("--") || (t.starts_with('-') && t.get(2..4) == Some(", "));
+            if !is_flag || !line.starts_with("  ") {
+                continue;
+            }
+            // Short help: the sentence beside the flag; long help: on the
+            // next line, before `[default: ...]`.
+            let beside = t
+                .split_once("  ")
+                .is_some_and(|(_, rest)| !rest.trim().is_empty());
+            let next = lines.get(i + 1).map(|l| l.trim()).unwrap_or("");
+            let below = !next.is_empty() && !next.starts_with('[') && !next.starts_with('-');
+            let described = beside || below;
+            if !described {
+                bare.push(format!("{command} {t}"));
+            }
+        }
+    }
+    assert!(bare.is_empty(), "flags without a sentence: {bare:#?}");
+}

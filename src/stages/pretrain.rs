@@ -124,10 +124,13 @@ pub struct Params {
     /// Adam's beta2.
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
+    /// L2 weight decay added to every weight's gradient (per step; 0 = none).
     #[arg(long, default_value_t = 5e-4)]
     pub weight_decay: f64,
+    /// How the learning rate moves over the steps (after the warm-up).
     #[arg(long, value_enum, default_value_t = ScheduleKind::Cosine)]
     pub schedule: ScheduleKind,
+    /// Steps over which the learning rate rises linearly from 0 to --lr.
     #[arg(long, default_value_t = 100)]
     pub warmup_steps: u64,
     /// Seeds weight init and the data order.

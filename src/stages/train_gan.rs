@@ -44,12 +44,16 @@ pub struct Params {
     /// Discriminator updates per generator update.
     #[arg(long, default_value_t = 2)]
     pub d_steps: u64,
+    /// Generator learning rate (Adam; compare_gan: 1e-4 at batch 2048).
     #[arg(long, default_value_t = 1e-4)]
     pub lr_g: f64,
+    /// Discriminator learning rate (Adam; compare_gan: 5e-4).
     #[arg(long, default_value_t = 5e-4)]
     pub lr_d: f64,
+    /// Adam's beta1 for G and D (BigGAN: 0).
     #[arg(long, default_value_t = 0.0)]
     pub beta1: f64,
+    /// Adam's beta2 for G and D.
     #[arg(long, default_value_t = 0.999)]
     pub beta2: f64,
     /// Decay of the exponential moving average of G's weights.
@@ -93,12 +97,17 @@ pub struct Params {
     /// Weight of the co-training class-head loss.
     #[arg(long, default_value_t = 1.0)]
     pub weight_class: f64,
+    /// Seed of the weights, the latents and the data order: the same seed,
+    /// the same run.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Steps between checkpoints (what a killed run resumes from).
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
+    /// Steps between sample grids of the EMA generator (samples/, TensorBoard).
     #[arg(long, default_value_t = 1000)]
     pub sample_every: u64,
+    /// Steps between lines of metrics.jsonl and TensorBoard scalars.
     #[arg(long, default_value_t = 50)]
     pub log_every: u64,
     /// Score the EMA generator every this many steps and at the last (FID,
@@ -130,6 +139,7 @@ pub struct Params {
     /// Classes shown in the sample grid (one row each).
     #[arg(long, default_value_t = 10)]
     pub grid_rows: i64,
+    /// Samples per class row in the grid.
     #[arg(long, default_value_t = 8)]
     pub grid_cols: i64,
     /// Run convolutions and matrix products in bfloat16 (fp32 weights and batch norm).
@@ -634,19 +644,25 @@ pub fn generate_main(cli: GenerateCli) -> Result<()> {
 /// the training code (for the GPU comparison with PyTorch, benches/gan/).
 #[derive(clap::Args, Debug)]
 pub struct BenchCli {
+    /// Image side: 32, 64 or 128.
     #[arg(long, default_value_t = 128)]
     pub resolution: i64,
+    /// Channel multiplier (BigGAN: 96).
     #[arg(long, default_value_t = 96)]
     pub ch: i64,
+    /// Images per step (real and fake each).
     #[arg(long, default_value_t = 256)]
     pub batch_size: i64,
+    /// Classes of the conditional networks.
     #[arg(long, default_value_t = 1000)]
     pub classes: i64,
+    /// Convolutions and matrix products in bfloat16.
     #[arg(long, default_value_t = false)]
     pub bf16: bool,
     /// Timed steps (after the warm-up).
     #[arg(long, default_value_t = 10)]
     pub steps: u64,
+    /// Untimed updates before the timed ones.
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
     #[arg(long, value_enum, default_value_t = GanMode::Biggan)]
@@ -657,6 +673,7 @@ pub struct BenchCli {
     /// D steps per timed update (compare_gan: 2).
     #[arg(long, default_value_t = 2)]
     pub d_steps: u64,
+    /// Worker threads (0 = all cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
