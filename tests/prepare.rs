@@ -1103,6 +1103,28 @@ fn big_files_are_refused_by_size_or_header_before_they_are_read() {
             format!("{size} bytes is above the max-file-bytes limit of 1000 (not read)")
         )
     );
+    // The limit with a unit, and a unit that is no unit.
+    let out = tmp.path().join("o4");
+    ok(&prepare(&[
+        "--input",
+        s(&root),
+        "--output",
+        s(&out),
+        "--max-file-bytes",
+        "2kB",
+    ]));
+    assert!(rejects_under(&root, &out)[0]
+        .1
+        .contains("limit of 2000 (not read)"));
+    let o = prepare(&[
+        "--input",
+        s(&root),
+        "--output",
+        s(&out),
+        "--max-file-bytes",
+        "2 parsecs",
+    ]);
+    common::one_line_error(&o, 2, &["--max-file-bytes", "unknown unit"]);
 }
 
 #[test]

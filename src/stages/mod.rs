@@ -55,6 +55,57 @@ pub struct Exec {
     pub dist: Dist,
 }
 
+/// A size in bytes as a person writes it: `268435456`, `256MiB`, `1.5GiB`,
+/// `500kB` (KiB/MiB/GiB/TiB = 1024^n, kB/MB/GB/TB = 1000^n, B or none).
+pub fn parse_bytes(text: &str) -> std::result::Result<u64, String> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let scale: f64 = match unit {
+        "" | "B" => 1.0,
+        "kB" | "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024f64.powi(2),
+        "GiB" => 1024f64.powi(3),
+        "TiB" => 1024f64.powi(4),
+        other => {
+            return Err(format!(
+                "`{text}`: unknown unit `{other}` (use B, kB, MB, GB, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}`: not a size (e.g. 268435456 or 256MiB)"))?;
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}`: out of range"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// serde: a size in bytes as a number or as [`parse_bytes`] text (pipeline
+/// files may say `max-file-bytes = "256MiB"`).
+pub fn bytes_from_number_or_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Number(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Number(n) => Ok(n),
+        Size::Text(t) => parse_bytes(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 /// The data-parallel job a command joins: a single process unless a
 /// launcher (torchrun, srun, a PyTorchJob) started it. Only `distributed`
 /// commands may be started as one of several ranks; the others say so
@@ -543,6 +594,19 @@ pub fn lookup(name: StageName) -> &'static dyn AnyStage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_take_the_units_people_write() {
+        assert_eq!(parse_bytes("268435456"), Ok(268_435_456));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("500kB"), Ok(500_000));
+        assert_eq!(parse_bytes(" 2 GB "), Ok(2_000_000_000));
+        assert!(parse_bytes("12 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(parse_bytes("MiB").is_err());
+    }
 
     #[test]
     fn registry_is_in_run_order_and_complete() {

@@ -89,8 +89,10 @@ pub struct Params {
     /// Refuse images with more pixels than this (checked from the header, before decoding).
     #[arg(long, default_value_t = 100_000_000)]
     pub max_pixels: u64,
-    /// Refuse files larger than this many bytes (checked before reading them).
-    #[arg(long, default_value_t = 256 << 20)]
+    /// Refuse files larger than this (checked before reading them): bytes,
+    /// or with a unit (256MiB, 2GiB, 500kB).
+    #[arg(long, default_value = "256MiB", value_parser = crate::stages::parse_bytes)]
+    #[serde(deserialize_with = "crate::stages::bytes_from_number_or_text")]
     pub max_file_bytes: u64,
     /// Follow symbolic links in a folder input that lead outside it (by
     /// default each is a reject, not followed).
