@@ -1,6 +1,6 @@
 //! The `fewlabels` command line. Parsing happens here; the work happens in
 //! the library's stages. One subcommand per registered stage
-//! (`stages::REGISTRY`), plus `run`, `generate`, `bench-gan` and `doctor`.
+//! (`stages::REGISTRY`), plus `run`, `generate`, `export`, `bench-gan` and `doctor`.
 //! Exit status: 0 done, 1 failed (one line on stderr), 2 bad usage or a
 //! parameter out of range.
 use std::process::ExitCode;
@@ -37,6 +37,10 @@ fn cli() -> Command {
         train_gan::GenerateCli::augment_args(Command::new("generate"))
             .about("Sample PNG images from a trained GAN's EMA generator."),
     ))
+    .subcommand(
+        train_gan::ExportCli::augment_args(Command::new("export"))
+            .about("Write a trained GAN's EMA generator as TorchScript (z, class -> images)."),
+    )
     .subcommand(negatives(
         train_gan::BenchCli::augment_args(Command::new("bench-gan"))
             .about("Time the GAN's G and D steps on synthetic data (benches/gan/)."),
@@ -72,6 +76,7 @@ fn dispatch(name: &str, m: &ArgMatches, json: bool) -> Result<()> {
     }
     match name {
         "generate" => train_gan::generate_main(parsed(m)?),
+        "export" => train_gan::export_main(parsed(m)?),
         "bench-gan" => train_gan::bench_main(parsed(m)?),
         "run" => pipeline::main(parsed(m)?),
         "doctor" => {

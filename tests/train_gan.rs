@@ -406,6 +406,53 @@ print("ok", len(tags["scalars"]), img[0].width, img[0].height)
         "-1",
     ]);
     common::one_line_error(&o, 2, &["--truncation -1"]);
+    // The generator outside the tool: TorchScript that torch.jit.load runs
+    // at any batch size, equal to our own forward for the same z and classes.
+    let exported = tmp.path().join("export/G.pt");
+    let o = common::run(&[
+        "--quiet",
+        "export",
+        "--gan",
+        s(&gan),
+        "--output",
+        s(&exported),
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let script = r#"
+import sys, torch
+g = torch.jit.load(sys.argv[1])
+torch.manual_seed(3)
+z = torch.randn(5, int(sys.argv[2]))
+y = torch.tensor([0, 7, 9, 3, 7])
+with torch.no_grad():
+    x = g(z, y)
+assert x.shape == (5, 3, 32, 32) and float(x.abs().max()) <= 1.0, x.shape
+z.numpy().astype("<f4").tofile(sys.argv[3] + ".z")
+x.numpy().astype("<f4").tofile(sys.argv[3] + ".x")
+"#;
+    let info = fewlabels::gan::sample::model_info(&gan).unwrap();
+    let z_dim = info.model.z_dim;
+    let dump = tmp.path().join("export/out");
+    let o = common::python()
+        .args(["-c", script, s(&exported), &z_dim.to_string(), s(&dump)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::text(&o));
+    let read = |ext: &str| -> Tensor {
+        let b = std::fs::read(dump.with_extension(ext)).unwrap();
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        Tensor::from_slice(&v)
+    };
+    let ours = fewlabels::gan::sample::load_generator(&gan, 0, tch::Device::Cpu).unwrap();
+    let y = Tensor::from_slice(&[0i64, 7, 9, 3, 7]);
+    let x = tch::no_grad(|| ours.g.forward_t(&read("z").view([5, z_dim]), &y, false));
+    let d = (x.flatten(0, -1) - read("x")).abs().max().double_value(&[]);
+    assert!(d < 1e-5, "exported generator differs from ours by {d}");
     // The library call the evaluate stage uses.
     let (x, labels) =
         fewlabels::gan::sample::sample_images(&gan, 6, None, 1, tch::Device::Cpu).expect("sample");

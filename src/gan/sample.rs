@@ -97,6 +97,12 @@ pub fn load_generator_at(
 }
 
 impl LoadedGenerator {
+    /// No variable requires a gradient any more (what tracing needs: a
+    /// traced module holds the weights as constants).
+    pub fn freeze(&mut self) {
+        self._vs.freeze();
+    }
+
     /// `count` images from z drawn with `seed`; labels uniform over the
     /// classes (as the paper samples) unless `class` is given.
     pub fn sample(

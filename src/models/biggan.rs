@@ -240,12 +240,13 @@ fn upsample(x: &Tensor, arch: GanArch) -> Tensor {
     match arch {
         GanArch::BigganPytorch => x.upsample_nearest2d([s[2] * 2, s[3] * 2], 2.0, 2.0),
         GanArch::CompareGan => {
-            let (n, c, h, w) = (s[0], s[1], s[2], s[3]);
+            // -1, not the batch size: a traced generator (`export`) takes any batch.
+            let (c, h, w) = (s[1], s[2], s[3]);
             // [N, C, H, W, 2] -> [N, C, H, 2W]: zeros after each column.
             let cols =
-                Tensor::stack(&[x.shallow_clone(), x.zeros_like()], 4).view([n, c, h, 2 * w]);
+                Tensor::stack(&[x.shallow_clone(), x.zeros_like()], 4).view([-1, c, h, 2 * w]);
             // [N, C, H, 2, 2W] -> [N, C, 2H, 2W]: a row of zeros after each row.
-            Tensor::stack(&[cols.shallow_clone(), cols.zeros_like()], 3).view([n, c, 2 * h, 2 * w])
+            Tensor::stack(&[cols.shallow_clone(), cols.zeros_like()], 3).view([-1, c, 2 * h, 2 * w])
         }
     }
 }
@@ -308,6 +309,8 @@ pub struct Generator {
     out_bn: BatchNorm,
     out_conv: SnConv2d,
     bottom: i64,
+    /// Channels of the first block's input (the linear layer's output, as [C, 4, 4]).
+    bottom_ch: i64,
 }
 
 impl Generator {
@@ -360,11 +363,11 @@ impl Generator {
             out_bn: BatchNorm::new(p / "out_bn", last, ctx),
             out_conv: SnConv2d::new(p / "out_conv", last, 3, 3, ctx),
             bottom,
+            bottom_ch: arch.in_ch[0],
         }
     }
 
     pub fn forward_t(&self, z: &Tensor, y: &Tensor, train: bool) -> Tensor {
-        let n = z.size()[0];
         let chunk = self.cfg.z_chunk();
         let zs = z.narrow(1, 0, self.cfg.z_used()).split(chunk, 1);
         let emb = self
@@ -372,10 +375,12 @@ impl Generator {
             .as_ref()
             .map(|w| Tensor::embedding(w, y, -1, false, false));
         // [N, 16ch * 4 * 4] -> [N, 16ch, 4, 4]
-        let mut h = self
-            .linear
-            .forward_t(&zs[0], train)
-            .view([n, -1, self.bottom, self.bottom]);
+        let mut h = self.linear.forward_t(&zs[0], train).view([
+            -1,
+            self.bottom_ch,
+            self.bottom,
+            self.bottom,
+        ]);
         for (k, block) in self.blocks.iter().enumerate() {
             let cond = match &emb {
                 Some(e) => Tensor::cat(&[e.shallow_clone(), zs[k + 1].shallow_clone()], 1),

@@ -373,10 +373,12 @@ impl ConditionalBatchNorm {
     }
     /// `x` [N, C, H, W], `cond` [N, cond_dim] -> [N, C, H, W] (fp32).
     pub fn forward_t(&self, x: &Tensor, cond: &Tensor, train: bool) -> Tensor {
-        let n = x.size()[0];
         let g = self.gain.forward_t(cond, train).to_kind(Kind::Float) + self.gain_offset;
         let b = self.bias.forward_t(cond, train).to_kind(Kind::Float);
-        self.norm.forward_t(x, train) * g.view([n, -1, 1, 1]) + b.view([n, -1, 1, 1])
+        // [N, C] -> [N, C, 1, 1], without the batch size as a number (a
+        // traced generator takes any batch).
+        let per_image = |t: Tensor| t.unsqueeze(-1).unsqueeze(-1);
+        self.norm.forward_t(x, train) * per_image(g) + per_image(b)
     }
     pub fn reset_stats(&self) {
         self.norm.reset()
@@ -438,28 +440,28 @@ impl SelfAttention {
     }
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let s = x.size();
-        let (n, h, w) = (s[0], s[2], s[3]);
+        let (h, w) = (s[2], s[3]);
         let c8 = (self.ch / 8).max(1);
         let c2 = (self.ch / 2).max(1);
         // theta [N, C/8, HW]; phi [N, C/8, HW/4]; g [N, C/2, HW/4]
-        let theta = self.theta.forward_t(x, train).view([n, c8, h * w]);
+        let theta = self.theta.forward_t(x, train).view([-1, c8, h * w]);
         let phi = self
             .phi
             .forward_t(x, train)
             .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
-            .view([n, c8, h * w / 4]);
+            .view([-1, c8, h * w / 4]);
         let g = self
             .g
             .forward_t(x, train)
             .max_pool2d([2, 2], [2, 2], [0, 0], [1, 1], false)
-            .view([n, c2, h * w / 4]);
+            .view([-1, c2, h * w / 4]);
         // beta [N, HW, HW/4]: each position's attention over the pooled map.
         let beta = theta
             .transpose(1, 2)
             .bmm(&phi)
             .softmax(-1, Kind::Float)
             .to_kind(theta.kind());
-        let attn = g.bmm(&beta.transpose(1, 2)).view([n, c2, h, w]);
+        let attn = g.bmm(&beta.transpose(1, 2)).view([-1, c2, h, w]);
         let o = self.o.forward_t(&attn, train);
         let k = o.kind();
         x + o * self.gamma.to_kind(k)

@@ -640,6 +640,66 @@ pub fn generate_main(cli: GenerateCli) -> Result<()> {
     Ok(())
 }
 
+/// `fewlabels export`: the EMA generator as TorchScript, for use outside
+/// this tool.
+#[derive(clap::Args, Debug)]
+pub struct ExportCli {
+    /// A finished `train-gan` output folder.
+    #[arg(long)]
+    pub gan: PathBuf,
+    /// The TorchScript file to write (e.g. G.pt).
+    #[arg(long)]
+    pub output: PathBuf,
+    /// Seed of the standing batch-norm statistics recomputed before export.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub exec: Exec,
+}
+
+/// Traces the EMA generator (standing statistics recomputed, eval mode)
+/// into a TorchScript module whose `forward(z, y)` takes z `[N, z_dim]`
+/// float32 and class indices `[N]` int64 and returns images `[N, 3, R, R]`
+/// in [-1, 1]: what `generate` samples, loadable with `torch.jit.load`.
+pub fn export_main(cli: ExportCli) -> Result<()> {
+    device::set_threads(cli.exec.threads);
+    let device = cli.exec.device.resolve()?;
+    let mut g = load_generator(&cli.gan, cli.seed, device)?;
+    g.freeze();
+    let cfg = &g.g.cfg;
+    // Two examples: the trace holds no batch size (the model takes any N).
+    let z = tch::Tensor::randn([2, cfg.z_dim], (tch::Kind::Float, device));
+    let y = tch::Tensor::zeros([2], (tch::Kind::Int64, device));
+    let module = tch::no_grad(|| {
+        tch::CModule::create_by_tracing("FewlabelsGenerator", "forward", &[z, y], &mut |xs| {
+            vec![g.g.forward_t(&xs[0], &xs[1], false)]
+        })
+    })
+    .map_err(|e| Error::invalid(format!("export: tracing the generator failed: {e}")))?;
+    if let Some(dir) = cli.output.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::create_dir_all(dir).at(dir)?;
+    }
+    let tmp = cli.output.with_extension("pt.tmp");
+    module.save(&tmp).at(&tmp)?;
+    fs::rename(&tmp, &cli.output).at(&cli.output)?;
+    let info = serde_json::json!({
+        "output": cli.output, "z_dim": cfg.z_dim, "classes": cfg.n_classes,
+        "class_names": g.info.class_names, "resolution": cfg.resolution, "step": g.info.step,
+    });
+    if crate::progress::is_json() {
+        println!("{info}");
+    } else {
+        crate::progress::note(format!(
+            "export: {} (z [N, {}] float32, class [N] int64 in 0..{} -> images [N, 3, {r}, {r}] in [-1, 1])",
+            cli.output.display(),
+            cfg.z_dim,
+            cfg.n_classes,
+            r = cfg.resolution
+        ));
+    }
+    Ok(())
+}
+
 /// `fewlabels bench-gan`: G-step and D-step images/s on synthetic data with
 /// the training code (for the GPU comparison with PyTorch, benches/gan/).
 #[derive(clap::Args, Debug)]
