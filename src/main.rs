@@ -38,6 +38,11 @@ fn cli() -> Command {
             .about("Sample PNG images from a trained GAN's EMA generator."),
     ))
     .subcommand(
+        fewlabels::report::ReportCli::augment_args(Command::new("report")).about(
+            "Write report.html and report.md of a run directory (however its stages were run).",
+        ),
+    )
+    .subcommand(
         train_gan::ExportCli::augment_args(Command::new("export"))
             .about("Write a trained GAN's EMA generator as TorchScript (z, class -> images)."),
     )
@@ -77,6 +82,7 @@ fn dispatch(name: &str, m: &ArgMatches, json: bool) -> Result<()> {
     match name {
         "generate" => train_gan::generate_main(parsed(m)?),
         "export" => train_gan::export_main(parsed(m)?),
+        "report" => fewlabels::report::report_main(parsed(m)?),
         "bench-gan" => train_gan::bench_main(parsed(m)?),
         "run" => pipeline::main(parsed(m)?),
         "doctor" => {

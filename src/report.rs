@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, StringArray};
 
-use crate::error::{Result, ResultExt};
+use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::write_atomic;
 use crate::manifest::Manifest;
 use image::RgbImage;
@@ -40,6 +40,38 @@ enum Block {
     Table(Vec<String>, Vec<Vec<String>>),
     /// Path relative to the run directory, and a caption.
     Image(String, String),
+}
+
+/// `fewlabels report RUN_DIR`: the report of a run directory however its
+/// stages were run (`fewlabels run`, stage commands one by one, torchrun).
+#[derive(clap::Args, Debug)]
+pub struct ReportCli {
+    /// A run directory: the folder holding the stages' folders (images/, gan/, eval/, ...).
+    pub run_dir: PathBuf,
+    /// The report's title (default: the run directory's name).
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+pub fn report_main(cli: ReportCli) -> Result<()> {
+    let found = StageName::ALL.iter().any(|s| {
+        cli.run_dir
+            .join(s.folder())
+            .join(crate::manifest::MANIFEST_FILE)
+            .exists()
+    });
+    if !found {
+        return Err(Error::usage(format!(
+            "{}: no finished stage folder in it (images/, train/, gan/, eval/, ...); give the run directory, the folder above them",
+            cli.run_dir.display()
+        )));
+    }
+    let title = cli
+        .title
+        .unwrap_or_else(|| format!("fewlabels run: {}", cli.run_dir.display()));
+    let (html, md) = write_report(&cli.run_dir, &title)?;
+    crate::progress::note(format!("report: {} ({})", html.display(), md.display()));
+    Ok(())
 }
 
 /// Writes `report.html` and `report.md` into `run_dir`; returns their paths.

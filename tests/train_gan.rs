@@ -492,6 +492,15 @@ fn a_log_file_gets_plain_progress_lines() {
         }
     }
     assert!(lines[2].ends_with("ETA 0s"), "{}", lines[2]);
+
+    // A run made stage by stage gets its report too: the folder above the stages.
+    let o = common::run(&["--quiet", "report", s(tmp.path())]);
+    assert!(o.status.success(), "{}", common::text(&o));
+    let md = std::fs::read_to_string(tmp.path().join("report.md")).unwrap();
+    assert!(md.contains("biggan mode, 3 steps"), "{md}");
+    assert!(md.contains("gan/samples/step-00000003.png"), "{md}");
+    let o = common::run(&["report", s(&out)]);
+    common::one_line_error(&o, 2, &["no finished stage folder", "run directory"]);
 }
 
 #[test]
