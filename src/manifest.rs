@@ -78,16 +78,6 @@ impl Manifest {
         }
     }
 
-    /// Output files whose path ends with `suffix`, in manifest order.
-    pub fn outputs_with_suffix<'a>(
-        &'a self,
-        suffix: &'a str,
-    ) -> impl Iterator<Item = &'a OutputFile> + 'a {
-        self.outputs
-            .iter()
-            .filter(move |o| o.path.ends_with(suffix))
-    }
-
     /// A count as u64 (0 when absent).
     pub fn count(&self, key: &str) -> u64 {
         self.counts.get(key).and_then(|v| v.as_u64()).unwrap_or(0)

@@ -246,11 +246,6 @@ impl Inception {
         };
         Ok((out.to_kind(Kind::Float).to_device(Device::Cpu), None))
     }
-
-    /// Features of images with values 0..255 ([N, 3, H, W], any float or uint8 kind).
-    pub fn features_0_255(&self, images: &Tensor) -> Result<Tensor> {
-        self.forward(&self.input(images)?)
-    }
 }
 
 /// Channels-last strides let oneDNN run the convolutions in NHWC without

@@ -76,9 +76,6 @@ impl LayerCtx {
     pub fn bn_momentum(&self) -> f64 {
         f64::from_bits(self.bn_momentum.load(Ordering::Relaxed))
     }
-    pub fn set_bf16(&self, on: bool) {
-        self.bf16.store(on, Ordering::Relaxed)
-    }
     /// The kind matrix products run in.
     pub fn compute_kind(&self) -> Kind {
         if self.bf16.load(Ordering::Relaxed) {

@@ -137,11 +137,6 @@ pub fn read_ids(dir: &Path, manifest: &Manifest, name: &str) -> Result<Vec<u64>>
     Ok(ids)
 }
 
-/// A `Utf8` column with the same value in every row.
-pub fn constant_strings(value: &str, n: usize) -> ArrayRef {
-    std::sync::Arc::new(StringArray::from(vec![value; n]))
-}
-
 /// Default names for classes without names: `class-0`, `class-1`, ...
 pub fn numbered_names(prefix: &str, n: usize) -> Vec<String> {
     let width = n.saturating_sub(1).to_string().len();

@@ -193,7 +193,6 @@ pub struct Loader {
     rows: usize,
     height: usize,
     width: usize,
-    stored: (usize, usize),
     batches_per_epoch: u64,
 }
 
@@ -305,7 +304,6 @@ impl Loader {
             rows: n,
             height,
             width,
-            stored,
             batches_per_epoch,
         })
     }
@@ -320,10 +318,6 @@ impl Loader {
     /// Size (height, width) of the tensors this loader yields.
     pub fn image_size(&self) -> (usize, usize) {
         (self.height, self.width)
-    }
-    /// Size (height, width) of the stored images, before any augmentation.
-    pub fn stored_size(&self) -> (usize, usize) {
-        self.stored
     }
 }
 
