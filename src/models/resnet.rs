@@ -134,6 +134,23 @@ impl Config {
         }
     }
 
+    /// Whether the CPU may run this net channels-last. libtorch 2.11's
+    /// oneDNN corrupts the heap in the weight gradient of a strided 1x1
+    /// convolution (the downsampling shortcut) over fewer than 16
+    /// channels-last input channels (seen at 64x64 and up; reproduced in
+    /// PyTorch itself: docs/method.md, "Known library faults"). Such nets
+    /// (the `tiny` test net) stay in the default layout.
+    pub fn channels_last_is_safe(&self) -> bool {
+        let mut c_in = self.stem_width;
+        for (s, &w) in self.widths.iter().enumerate() {
+            if s > 0 && c_in < 16 {
+                return false;
+            }
+            c_in = w * self.block.expansion();
+        }
+        true
+    }
+
     /// Length of the pooled feature vector.
     pub fn feature_dim(&self) -> i64 {
         self.widths.last().copied().unwrap_or(self.stem_width) * self.block.expansion()
@@ -282,7 +299,8 @@ impl ResNet {
         // reordering each activation (the layout follows the input). The
         // S2L ResNet-50 step at 128x128 went from 12.9 to 15.6 images/s on
         // 2 cores, past PyTorch eager's 14.5 (BENCHMARKS.md, issue 29).
-        let xs = if xs.device() == tch::Device::Cpu && xs.dim() == 4 {
+        let xs = if self.cfg.channels_last_is_safe() && xs.device() == Device::Cpu && xs.dim() == 4
+        {
             xs.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
         } else {
             xs.shallow_clone()
@@ -454,6 +472,28 @@ mod tests {
             "class_head.bias",
         ] {
             assert!(vars.contains_key(name), "missing {name}: {:?}", vars.keys());
+        }
+    }
+
+    #[test]
+    fn channels_last_only_where_onednn_takes_it() {
+        // Every downsampling 1x1 convolution of these sees >= 16 channels.
+        for arch in [Arch::Resnet50, Arch::Resnet18, Arch::Small, Arch::Micro] {
+            assert!(arch.config().channels_last_is_safe(), "{arch:?}");
+        }
+        assert!(!Arch::Tiny.config().channels_last_is_safe());
+        // The case that crashed (8 -> 16 channels, stride 2, at 128x128): a
+        // backward step runs and gives finite gradients.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = ResNet::new(&vs.root(), &Config::tiny()).unwrap();
+        for _ in 0..3 {
+            let x = Tensor::randn([16, 3, 128, 128], (Kind::Float, Device::Cpu));
+            net.features_t(&x, true).sum(Kind::Float).backward();
+        }
+        for (name, v) in vs.trainable_variables().iter().enumerate() {
+            let g = v.grad();
+            assert!(g.defined(), "{name} has no gradient");
+            assert!(bool::try_from(g.isfinite().all()).unwrap(), "{name}");
         }
     }
 
