@@ -3,6 +3,7 @@
 //! the real binary on Fashion-MNIST (Debian's IDX files, read by the real
 //! `prepare`).
 mod common;
+use common::s;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -53,10 +54,6 @@ fn fails_with(code: i32, args: &[&str], needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(err.contains(needle), "`{needle}` not in: {err}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// (id, label, split) rows of a `labels/` folder.

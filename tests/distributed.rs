@@ -9,6 +9,7 @@
 //! 2-rank `train-gan` whose rank 1 is killed: rank 0 stops with an error,
 //! and the same command resumes to the single process's weights.
 mod common;
+use common::s;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -288,10 +289,6 @@ fn survives_lost_peer(child: Child, expect: &str) {
 }
 
 // ---- The training stages on two ranks (real Fashion-MNIST, tiny networks). ----
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
 
 /// `train-gan` flags of the tiny s3gan-co both sides of a comparison share.
 fn gan_args<'a>(data: &'a str, out: &'a str, batch: &'a str, accum: &'a str) -> Vec<&'a str> {

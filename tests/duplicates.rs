@@ -5,6 +5,7 @@
 //! shard drops what it is asked to with a reason each and the counts add
 //! up; our pHash is imagehash's; bad inputs are one-line errors.
 mod common;
+use common::s;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,10 +16,6 @@ use fewlabels::manifest::Manifest;
 use fewlabels::shard::{image_bytes, shard_schema, TableReader};
 use fewlabels::stage::StageName;
 use image::RgbImage;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn photos() -> Vec<PathBuf> {
     common::imagenet_photos()

@@ -7,6 +7,7 @@
 //! The FID Inception runs at about 7 images/s on 2 CPU cores, so the sets
 //! are small; `benches/evaluate/` holds the 1,000-image comparison.
 mod common;
+use common::s;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -138,10 +139,6 @@ fn python(script: &str, args: &[&str]) -> String {
         .expect("spawn python");
     assert!(out.status.success(), "{}", common::text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 #[test]

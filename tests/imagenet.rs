@@ -7,13 +7,10 @@
 //! `--set` (steps, batch, widths, sample counts) to fit the CPU budget;
 //! each reaches `eval/` with a FID and a report.
 mod common;
+use common::s;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// Writes `train.tar`, `val/` and `val.csv` (path,label by synset) in `dir`.
 const MAKE_IMAGENET: &str = r#"

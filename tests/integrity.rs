@@ -3,14 +3,11 @@
 //! write one directory; a libtorch failure is one line; every parameter is
 //! checked before anything runs; `--set` changes a pipeline without editing it.
 mod common;
+use common::s;
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 /// A small pipeline on real Fashion-MNIST test images: prepare (10 shards
 /// of 500 images at 16x16), sample-labels, shard.

@@ -3,6 +3,7 @@
 //! IDX), byte-identical output across `--threads`, kill -9 then resume, and
 //! slices that together equal the single run.
 mod common;
+use common::s;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -105,10 +106,6 @@ fn prepare(args: &[&str]) -> std::process::Output {
 
 fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", common::text(o));
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// The decoded RGB pixel at (x, y) of an output PNG.

@@ -3,6 +3,7 @@
 //! pad and squash keep the whole picture (and its EXIF orientation); bad
 //! values are one-line usage errors naming the flag.
 mod common;
+use common::s;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,10 +13,6 @@ use fewlabels::manifest::Manifest;
 use fewlabels::shard::{image_bytes, TableReader};
 use fewlabels::stage::StageName;
 use image::RgbImage;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn ok(o: &std::process::Output) {
     assert!(o.status.success(), "{}", common::text(o));

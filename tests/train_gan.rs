@@ -4,6 +4,7 @@
 //! weights of an uninterrupted run, the TensorBoard files open with the
 //! `tensorboard` package, and `generate` writes samples of the asked class.
 mod common;
+use common::s;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,10 +69,6 @@ fn train_args<'a>(data: &'a str, out: &'a str, mode: &'a str, steps: &'a str) ->
     ];
     a.extend_from_slice(TINY);
     a
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
 }
 
 fn metrics(dir: &Path) -> Vec<serde_json::Value> {

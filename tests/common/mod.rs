@@ -5,6 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// The `fewlabels` binary cargo built for these tests.
+/// A test path as the `&str` a command line takes.
+pub fn s(p: &std::path::Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fewlabels"))
 }
