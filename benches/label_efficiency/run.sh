@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The paper's label-efficiency table on real data. Fashion-MNIST at 32x32
 # through the real stages, every labelling route of the paper with the same
-# G/D width, steps, batch, learning rates, three seeds each, scored in one
+# G/D width, steps, batch, learning rates, three seeds each, each run scored by
 # `evaluate` against the 10,000 test images (FID, KID, precision/recall,
 # class consistency by a judge none of the routes labelled with):
 #   biggan         100% of the labels
@@ -20,10 +20,12 @@
 # recipe, below), SAMPLES (1000 per GAN), PRETRAIN_STEPS (700, as the demo),
 # JUDGE_STEPS (3000), REFERENCE_LIMIT (0: all 10,000 test images), ROWS (all;
 # e.g. "biggan-100 s3gan-10").
-# Prints the table; writes $BENCH_OUT/eval/label_efficiency.md and .csv (one
-# row per run), $BENCH_OUT/eval/by_route.md (mean and spread over the
-# seeds), one grid per run in $BENCH_OUT/grids/, and the wall time of every
-# command in $BENCH_OUT/times.tsv.
+# RESULTS ($BENCH_OUT/results.csv): one row per GAN run, appended as each is
+# scored (with the date, the load when it started and the judge's accuracy);
+# runs already there are skipped, so a stopped benchmark resumes.
+# Prints the table; writes $BENCH_OUT/by_route.md (mean and spread over the
+# seeds), each run's scores in $BENCH_OUT/eval/RUN/, one grid per run in
+# $BENCH_OUT/grids/, and the wall time of every command in $BENCH_OUT/times.tsv.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$top"
@@ -99,37 +101,46 @@ timed pseudo-label-kmeans $fl pseudo-label --method kmeans --clusters 10 --featu
   --images "$out/images" --output "$out/pseudo-kmeans"
 $fl shard --images "$out/images" --pseudo-labels "$out/pseudo-kmeans" --output "$out/train-clustering"
 
-# 4. The GANs: one recipe, one run per row and seed.
-gan() {  # ROW DATA MODE
-  local row=$1 data=$2 mode=$3 seed run
+# 4. The GANs: one recipe, one run per row and seed, each scored against the
+# 10,000 test images as soon as it is trained (the reference statistics are
+# cached, so each evaluation costs only its own samples) and its row appended
+# to $RESULTS. A run whose name is already there is skipped: the benchmark
+# resumes where it stopped, in this session or a later one.
+results=${RESULTS:-$out/results.csv}
+gan() {  # ROW DATA MODE SEED
+  local row=$1 data=$2 mode=$3 seed=$4 run load
   case " $rows " in *" $row "*) ;; *) return 0 ;; esac
-  for seed in $seeds; do
-    run="$row-seed$seed"
-    timed "gan $run" $fl train-gan --data "$out/$data" --output "$out/gan/$run" --mode "$mode" --seed "$seed" \
-      --resolution 32 --ch "$ch" --batch-size "$batch" --accumulation 1 --d-steps "$d_steps" \
-      --lr-g "$lr_g" --lr-d "$lr_d" --steps "$steps" --ema-decay 0.99 --ema-start "$ema_start" \
-      --sample-every 100 --checkpoint-every "$steps" --log-every 20 --device cpu --threads "$threads"
-    cp "$(ls "$out/gan/$run/samples/"step-*.png | tail -1)" "$out/grids/$run.png"
-    gans+=(--gan "$out/gan/$run")
-  done
+  run="$row-seed$seed"
+  if [ -f "$results" ] && cut -d, -f1 "$results" | grep -qx "$run"; then
+    echo "label-efficiency: $run is in $results, skipped"
+    return 0
+  fi
+  load=$(cut -d' ' -f1 /proc/loadavg)
+  timed "gan $run" $fl train-gan --data "$out/$data" --output "$out/gan/$run" --mode "$mode" --seed "$seed" \
+    --resolution 32 --ch "$ch" --batch-size "$batch" --accumulation 1 --d-steps "$d_steps" \
+    --lr-g "$lr_g" --lr-d "$lr_d" --steps "$steps" --ema-decay 0.99 --ema-start "$ema_start" \
+    --sample-every 100 --checkpoint-every "$steps" --log-every 20 --device cpu --threads "$threads"
+  cp "$(ls "$out/gan/$run/samples/"step-*.png | tail -1)" "$out/grids/$run.png"
+  rm -rf "$out/eval/$run"
+  timed "evaluate $run" $fl evaluate --gan "$out/gan/$run" --reference "$out/reference" --class-model "$out/judge" \
+    --output "$out/eval/$run" --num-samples "$samples" --repeats 1 --reference-limit "$reference_limit" \
+    --device cpu --threads "$threads"
+  "$FEWLABELS_PYTHON" benches/label_efficiency/append_result.py "$out/eval/$run" "$results" "$load"
 }
-gans=()
-gan biggan-100 train-true biggan
-gan s2gan-10 train-s2gan-0.1 s2gan
-gan s3gan-10 train-s2gan-0.1 s3gan
-gan s2gan-co-10 train-subset-0.1 s2gan-co
-gan s3gan-co-10 train-subset-0.1 s3gan-co
-gan clustering-0 train-clustering clustering
-gan unconditional-0 train-true unconditional
-gan s3gan-2.5 train-s2gan-0.025 s3gan
-gan s3gan-20 train-s2gan-0.2 s3gan
+# Seeds outermost: a benchmark stopped part-way has every route at its
+# first seeds rather than some routes at all three and others at none.
+for seed in $seeds; do
+  gan biggan-100 train-true biggan "$seed"
+  gan s2gan-10 train-s2gan-0.1 s2gan "$seed"
+  gan s3gan-10 train-s2gan-0.1 s3gan "$seed"
+  gan s2gan-co-10 train-subset-0.1 s2gan-co "$seed"
+  gan s3gan-co-10 train-subset-0.1 s3gan-co "$seed"
+  gan clustering-0 train-clustering clustering "$seed"
+  gan unconditional-0 train-true unconditional "$seed"
+  gan s3gan-2.5 train-s2gan-0.025 s3gan "$seed"
+  gan s3gan-20 train-s2gan-0.2 s3gan "$seed"
+done
 
-# 5. One evaluation of every run against the 10,000 test images.
-rm -rf "$out/eval"
-timed evaluate $fl evaluate "${gans[@]}" --reference "$out/reference" --class-model "$out/judge" \
-  --output "$out/eval" --num-samples "$samples" --repeats 1 --reference-limit "$reference_limit" \
-  --device cpu --threads "$threads"
-"$FEWLABELS_PYTHON" benches/label_efficiency/by_route.py "$out/eval/label_efficiency.csv" > "$out/eval/by_route.md"
-cat "$out/eval/by_route.md"
-echo "classifier (judge) accuracy on the test images: $(jq -r '.classifier_accuracy.accuracy' "$out/eval/scores.json")"
+# 5. Mean and spread over the seeds of every row in $RESULTS.
+"$FEWLABELS_PYTHON" benches/label_efficiency/by_route.py "$results" | tee "$out/by_route.md"
 cat "$out/times.tsv"
