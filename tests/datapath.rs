@@ -591,18 +591,29 @@ fn shard_joins_shuffles_and_loads_in_datasets() {
         }
     }
 
-    // Hugging Face `datasets` sees Image + ClassLabel with the class names.
+    // Hugging Face `datasets` maps the shards in place (they are IPC
+    // streams): `Dataset.from_file` writes nothing to its cache, while
+    // `load_dataset("arrow")` copies every byte into it. Image + ClassLabel
+    // with the class names either way.
     let script = r#"
-import sys, glob, datasets
+import sys, glob, os, datasets
 files = sorted(glob.glob(sys.argv[1] + "/train-*.arrow"))
-ds = datasets.load_dataset("arrow", data_files=files, split="train")
+def cache_bytes():
+    root = os.environ["HF_HOME"]
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
+ds = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
+mapped = cache_bytes()
+assert sorted(c["filename"] for c in ds.cache_files) == files, ds.cache_files
 f = ds.features
 assert type(f["image"]).__name__ == "Image", f
 assert type(f["label"]).__name__ == "ClassLabel", f
 assert f["label"].names[9] == "Ankle boot", f["label"].names
 assert len(ds) == 1000, len(ds)
 labels = ds["label"]
+copied = datasets.load_dataset("arrow", data_files=files, split="train")
+assert copied["id"] == ds["id"]
 print("ok", len(ds), sum(l is None for l in labels), ds[0]["image"].size, ds[0]["id"])
+print("cache", mapped, cache_bytes(), sum(os.path.getsize(f) for f in files))
 "#;
     let o = common::python()
         .args(["-c", script, s(&co)])
@@ -618,6 +629,20 @@ print("ok", len(ds), sum(l is None for l in labels), ds[0]["image"].size, ds[0][
         out.contains(&format!("ok 1000 {unlabelled} (28, 28) {}", co_rows[0].0)),
         "{out}"
     );
+    let cache: Vec<u64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("cache "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .split(' ')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let (mapped, copied, shards) = (cache[0], cache[1], cache[2]);
+    println!("HF cache bytes: {mapped} after Dataset.from_file, {copied} after load_dataset; shards {shards}");
+    assert_eq!(mapped, 0, "Dataset.from_file wrote to the HF cache: {out}");
+    assert!(
+        copied >= shards,
+        "load_dataset copied {copied} of {shards} bytes"
+    );
 
     // A PyTorch loop: torch's default collate refuses the unlabelled rows'
     // None, so README's recipe maps them to -1 in a lazy transform (nothing
@@ -625,7 +650,7 @@ print("ok", len(ds), sum(l is None for l in labels), ds[0]["image"].size, ds[0][
     let script = r#"
 import sys, glob, datasets, numpy as np, torch
 files = sorted(glob.glob(sys.argv[1] + "/train-*.arrow"))
-ds = datasets.load_dataset("arrow", data_files=files, split="train")
+ds = datasets.concatenate_datasets([datasets.Dataset.from_file(f) for f in files])
 plain = ds.remove_columns(["image"])
 try:
     next(iter(torch.utils.data.DataLoader(plain, batch_size=1000)))

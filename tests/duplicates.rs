@@ -415,7 +415,7 @@ fn ours_and_imagehash(dir: &Path) -> (Vec<String>, Vec<String>) {
 import sys, glob, io, pyarrow as pa, imagehash
 from PIL import Image
 for f in sorted(glob.glob(sys.argv[1] + "/images-*.arrow")):
-    t = pa.ipc.open_file(f).read_all()
+    t = pa.ipc.open_stream(f).read_all()
     for cell in t.column("image").to_pylist():
         print(imagehash.phash(Image.open(io.BytesIO(cell["bytes"]))))
 "#;

@@ -167,7 +167,7 @@ fn s2l_pretrain_then_embed_then_classifier_pseudo_labels() {
         .arg("-c")
         .arg(
             "import sys, pyarrow as pa, numpy as np\n\
-             t = pa.ipc.open_file(sys.argv[1]).read_all()\n\
+             t = pa.ipc.open_stream(sys.argv[1]).read_all()\n\
              ids = t['id'].to_numpy()\n\
              f = np.stack(t['feature'].to_numpy(zero_copy_only=False))\n\
              g = np.stack(t['logits'].to_numpy(zero_copy_only=False))\n\
@@ -222,7 +222,7 @@ fn s2l_pretrain_then_embed_then_classifier_pseudo_labels() {
         .arg("-c")
         .arg(
             "import sys, pyarrow as pa\n\
-             t = pa.ipc.open_file(sys.argv[1]).read_all()\n\
+             t = pa.ipc.open_stream(sys.argv[1]).read_all()\n\
              s = t['source'].to_pylist(); c = t['confidence'].to_pylist()\n\
              assert t.num_rows == 800\n\
              assert all(x == 1.0 for x, k in zip(c, s) if k == 'given')\n\

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Int32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use fewlabels::shard::schema::{self, Table};
 use fewlabels::shard::{
-    image_bytes, image_column, open_shard, ShardFile, ShardWriter, TableReader, TableWriter,
+    count_rows, image_bytes, image_column, open_shard, ShardFile, ShardWriter, TableReader,
+    TableWriter,
 };
 
 fn png(r: u8, g: u8, b: u8) -> Vec<u8> {
@@ -98,14 +99,23 @@ fn unfinished_shard_is_invisible_and_unfinished_writer_unreadable() {
     assert!(!path.exists(), "a shard is visible before finish");
     f.finish().unwrap();
     assert!(path.exists());
-    // Without finish(), an in-memory writer has no footer: the bytes cannot be opened.
+    // A stream cut short (no end-of-stream marker, a body cut) is refused by
+    // the row count verification takes and by the readers.
     let mut w = ShardWriter::new(Vec::new(), &schema::images(&names())).unwrap();
     w.write(&images_batch(&[0], &names())).unwrap();
     let half = tmp.path().join("half.arrow");
     // Reach the bytes written so far through a finished copy's prefix.
     let finished = w.finish().unwrap();
     fs::write(&half, &finished[..finished.len() - 16]).unwrap();
-    assert!(open_shard(&half, None).is_err());
+    let e = count_rows(&half).unwrap_err().to_string();
+    assert!(e.contains("not a complete Arrow IPC stream"), "{e}");
+    let read: Result<Vec<_>, _> = open_shard(&half, None).unwrap().collect();
+    assert!(read.is_err());
+    assert!(fewlabels::shard::mapped::map_file(&half, None).is_err());
+    // Without only its end-of-stream marker, too.
+    fs::write(&half, &finished[..finished.len() - 8]).unwrap();
+    assert!(count_rows(&half).is_err());
+    assert_eq!(count_rows(&path).unwrap(), 2);
 }
 
 #[test]
@@ -146,10 +156,10 @@ fn python_reads_shards_as_the_data_contract_says() {
     let script = r#"
 import sys, pyarrow as pa, polars as pl, datasets
 path = sys.argv[1]
-t = pa.ipc.open_file(path).read_all()
+t = pa.ipc.open_stream(path).read_all()
 assert t.num_rows == 3, t.num_rows
 assert t.column("id").to_pylist() == [0, 1, 2]
-df = pl.read_ipc(path)
+df = pl.read_ipc_stream(path)
 assert df.shape[0] == 3 and df["label"].to_list() == [0, 1, None], df
 ds = datasets.load_dataset("arrow", data_files=path, split="train")
 f = ds.features
@@ -169,4 +179,47 @@ print("ok", f["label"].names)
         .unwrap();
     assert!(o.status.success(), "{}", common::text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ok ['shirt', 'boot']"));
+}
+
+/// Tables are written as IPC streams (what `datasets` maps in place); a
+/// table in the IPC file layout, as earlier versions wrote, reads the same
+/// through every reader.
+#[test]
+fn tables_are_streams_and_file_layout_tables_still_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sch = schema::images(&names());
+    let stream = tmp.path().join("images-00000.arrow");
+    let mut f = ShardFile::create(&stream, &sch).unwrap();
+    f.write(&images_batch(&[0, 1], &names())).unwrap();
+    f.write(&images_batch(&[2], &names())).unwrap();
+    f.finish().unwrap();
+    let bytes = fs::read(&stream).unwrap();
+    assert_eq!(&bytes[..4], &[0xff; 4], "a stream starts with a message");
+    assert_eq!(
+        &bytes[bytes.len() - 8..],
+        &[0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0]
+    );
+
+    let file = tmp.path().join("old-00000.arrow");
+    let mut w =
+        arrow::ipc::writer::FileWriter::try_new(fs::File::create(&file).unwrap(), &sch).unwrap();
+    w.write(&images_batch(&[0, 1], &names())).unwrap();
+    w.write(&images_batch(&[2], &names())).unwrap();
+    w.finish().unwrap();
+    assert!(fs::read(&file).unwrap().starts_with(b"ARROW1"));
+
+    let read = |p: &Path| -> Vec<RecordBatch> {
+        TableReader::new(vec![p.to_path_buf()], Some(&["id", "label"]))
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(read(&stream), read(&file));
+    assert_eq!(read(&stream).len(), 2);
+    for p in [&stream, &file] {
+        assert_eq!(count_rows(p).unwrap(), 3);
+        let m = fewlabels::shard::mapped::map_file(p, Some(&["id", "label"])).unwrap();
+        assert_eq!(m.batches, read(p));
+        assert_eq!(m.schema.fields().len(), sch.fields().len());
+        assert_eq!(open_shard(p, None).unwrap().schema(), sch);
+    }
 }

@@ -26,7 +26,7 @@ def cells(folder):
     """The encoded images of a prepare folder, in table order."""
     out = []
     for f in sorted(glob.glob(os.path.join(folder, "images-*.arrow"))):
-        table = pa.ipc.open_file(f).read_all()
+        table = pa.ipc.open_stream(f).read_all()
         out.extend(c["bytes"] for c in table.column("image").to_pylist())
     return out
 

@@ -32,7 +32,7 @@ def read_features(features):
 
     chunks = []
     for f in sorted(glob.glob(os.path.join(features, "features-*.arrow"))):
-        table = pa.ipc.open_file(pa.memory_map(f)).read_all()
+        table = pa.ipc.open_stream(pa.memory_map(f)).read_all()
         col = table.column("feature")
         d = col.type.list_size
         chunks += [c.flatten().to_numpy(zero_copy_only=True).reshape(-1, d) for c in col.chunks]
@@ -45,7 +45,7 @@ def truth(images):
 
     labels = []
     for f in sorted(glob.glob(os.path.join(images, "images-*.arrow"))):
-        labels.append(pa.ipc.open_file(pa.memory_map(f)).read_all().column("label").to_numpy())
+        labels.append(pa.ipc.open_stream(pa.memory_map(f)).read_all().column("label").to_numpy())
     return np.concatenate(labels)
 
 

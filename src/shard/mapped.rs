@@ -1,5 +1,5 @@
-//! Memory-mapped Arrow IPC files, read without copies: every record batch
-//! is a view into the file's pages. This is what lets the training loader
+//! Memory-mapped Arrow IPC tables (stream or file layout), read without
+//! copies: every record batch is a view into the file's pages. This is what lets the training loader
 //! draw each batch from the whole table in a random order (a global
 //! shuffle) with memory bounded by the page cache, not by the table: a row
 //! costs one random read of its own bytes, never a whole record batch
@@ -18,9 +18,10 @@ use arrow::array::RecordBatch;
 use arrow::buffer::Buffer;
 use arrow::datatypes::SchemaRef;
 use arrow::ipc::convert::try_fb_to_schema;
-use arrow::ipc::reader::{read_footer_length, FileDecoder};
+use arrow::ipc::reader::{read_footer_length, FileDecoder, StreamDecoder};
 use arrow::ipc::root_as_footer;
 
+use super::{ipc_format, unreadable, IpcFormat};
 use crate::error::{Error, Result, ResultExt};
 
 /// One mapped file: its schema (with metadata) and its record batches,
@@ -35,22 +36,72 @@ pub struct MappedFile {
 /// Maps `path` and decodes its record batches as views, keeping only
 /// `columns` (by name; all when None).
 pub fn map_file(path: &Path, columns: Option<&[&str]>) -> Result<MappedFile> {
-    let bad = |what: String| {
-        Error::file(
-            path,
-            format!("not a readable Arrow IPC file ({what}); re-run the stage that wrote it"),
-        )
-    };
     let file = File::open(path).at(path)?;
     // SAFETY: read-only map of a finished stage output (see the module doc).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.at(path)?;
-    if mmap.len() < 18 {
-        return Err(bad("too short".into()));
-    }
     let len = mmap.len();
-    let ptr = NonNull::new(mmap.as_ptr() as *mut u8).ok_or_else(|| bad("empty map".into()))?;
+    if len < 8 {
+        return Err(unreadable(path, "too short"));
+    }
+    let format = ipc_format(&mmap);
+    let ptr =
+        NonNull::new(mmap.as_ptr() as *mut u8).ok_or_else(|| unreadable(path, "empty map"))?;
     // SAFETY: `ptr` points at `len` bytes owned by `mmap`, which the buffer keeps alive.
     let buffer = unsafe { Buffer::from_custom_allocation(ptr, len, Arc::new(mmap)) };
+    let (schema, batches) = match format {
+        IpcFormat::Stream => decode_stream(path, buffer)?,
+        IpcFormat::File => decode_file(path, &buffer)?,
+    };
+    let batches = match columns {
+        None => batches,
+        Some(cols) => {
+            let mut projection = Vec::new();
+            for c in cols {
+                projection.push(
+                    schema
+                        .index_of(c)
+                        .map_err(|_| Error::file(path, format!("has no column `{c}`")))?,
+                );
+            }
+            batches
+                .iter()
+                .map(|b| b.project(&projection))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| unreadable(path, e))?
+        }
+    };
+    Ok(MappedFile {
+        path: path.to_path_buf(),
+        schema,
+        batches,
+    })
+}
+
+/// The stream layout: the decoder slices each body out of the map (the
+/// writer aligns every buffer, so nothing is copied to realign it).
+fn decode_stream(path: &Path, mut buffer: Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let mut decoder = StreamDecoder::new();
+    let mut batches = Vec::new();
+    while let Some(rb) = decoder
+        .decode(&mut buffer)
+        .map_err(|e| unreadable(path, e))?
+    {
+        batches.push(rb);
+    }
+    decoder.finish().map_err(|e| unreadable(path, e))?;
+    let schema = decoder
+        .schema()
+        .ok_or_else(|| unreadable(path, "no schema"))?;
+    Ok((schema, batches))
+}
+
+/// The file layout: batches located through the footer.
+fn decode_file(path: &Path, buffer: &Buffer) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let bad = |what: String| unreadable(path, what);
+    let len = buffer.len();
+    if len < 18 {
+        return Err(bad("too short".into()));
+    }
     let tail: [u8; 10] = buffer[len - 10..].try_into().expect("ten bytes");
     let footer_len = read_footer_length(tail).map_err(|e| bad(e.to_string()))?;
     if footer_len + 10 > len {
@@ -63,26 +114,15 @@ pub fn map_file(path: &Path, columns: Option<&[&str]>) -> Result<MappedFile> {
             .map_err(|e| bad(format!("schema: {e}")))?,
     );
     let mut decoder = FileDecoder::new(schema.clone(), footer.version());
-    if let Some(cols) = columns {
-        let mut projection = Vec::new();
-        for c in cols {
-            projection.push(
-                schema
-                    .index_of(c)
-                    .map_err(|_| Error::file(path, format!("has no column `{c}`")))?,
-            );
-        }
-        decoder = decoder.with_projection(projection);
-    }
     for block in footer.dictionaries().into_iter().flatten() {
-        let data = block_data(&buffer, block, len).ok_or_else(|| bad("dictionary".into()))?;
+        let data = block_data(buffer, block, len).ok_or_else(|| bad("dictionary".into()))?;
         decoder
             .read_dictionary(block, &data)
             .map_err(|e| bad(e.to_string()))?;
     }
     let mut batches = Vec::new();
     for block in footer.recordBatches().into_iter().flatten() {
-        let data = block_data(&buffer, block, len).ok_or_else(|| bad("record batch".into()))?;
+        let data = block_data(buffer, block, len).ok_or_else(|| bad("record batch".into()))?;
         match decoder
             .read_record_batch(block, &data)
             .map_err(|e| bad(e.to_string()))?
@@ -91,11 +131,7 @@ pub fn map_file(path: &Path, columns: Option<&[&str]>) -> Result<MappedFile> {
             None => return Err(bad("an empty record batch block".into())),
         }
     }
-    Ok(MappedFile {
-        path: path.to_path_buf(),
-        schema,
-        batches,
-    })
+    Ok((schema, batches))
 }
 
 /// Asks the kernel to read all of `path` into the page cache now, in large
@@ -162,7 +198,7 @@ mod tests {
         std::fs::write(tmp.path().join("bad.arrow"), b"not arrow at all, too").unwrap();
         let e = map_file(&tmp.path().join("bad.arrow"), None).err().unwrap();
         assert!(
-            e.to_string().contains("not a readable Arrow IPC file"),
+            e.to_string().contains("not a readable Arrow IPC table"),
             "{e}"
         );
         let _ = m.batches[0]

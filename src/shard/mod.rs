@@ -1,5 +1,12 @@
 //! Arrow IPC shard I/O: streaming writers that finish each file atomically
 //! and readers that iterate record batches across a stage's shard files.
+//!
+//! Tables are written in the Arrow IPC *stream* format (schema, record
+//! batches, end-of-stream marker; no footer): the format Hugging Face
+//! `datasets` memory-maps in place (`Dataset.from_file`), so a training
+//! table is used from Python without a copy into its cache. pyarrow opens
+//! them with `pa.ipc.open_stream`, polars with `pl.read_ipc_stream`. The
+//! readers here also take the IPC file format (tables of earlier versions).
 pub mod mapped;
 pub mod schema;
 pub mod stored;
@@ -10,24 +17,25 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, ArrayRef, BinaryBuilder, RecordBatch, StringBuilder, StructArray};
 use arrow::datatypes::SchemaRef;
-use arrow::ipc::reader::FileReader;
-use arrow::ipc::writer::FileWriter;
+use arrow::ipc::reader::{FileReader, StreamReader};
+use arrow::ipc::writer::StreamWriter;
 
 use crate::error::{Error, Result, ResultExt};
 use crate::fsutil::AtomicFile;
 use crate::manifest::Manifest;
 
-/// Writes one Arrow IPC file to any `W: Write`. `finish` writes the footer:
-/// a file without it cannot be opened, so every writer must be finished.
+/// Writes one Arrow IPC stream to any `W: Write`. `finish` writes the
+/// end-of-stream marker: a table without it is incomplete (`count_rows`
+/// refuses it), so every writer must be finished.
 pub struct ShardWriter<W: Write> {
-    inner: FileWriter<W>,
+    inner: StreamWriter<W>,
     rows: u64,
 }
 
 impl<W: Write> ShardWriter<W> {
     pub fn new(writer: W, schema: &SchemaRef) -> Result<Self, arrow::error::ArrowError> {
         Ok(ShardWriter {
-            inner: FileWriter::try_new(writer, schema)?,
+            inner: StreamWriter::try_new(writer, schema)?,
             rows: 0,
         })
     }
@@ -41,7 +49,7 @@ impl<W: Write> ShardWriter<W> {
         self.rows
     }
 
-    /// Writes the footer and returns the underlying writer.
+    /// Writes the end-of-stream marker and returns the underlying writer.
     pub fn finish(mut self) -> Result<W, arrow::error::ArrowError> {
         self.inner.finish()?;
         self.inner.into_inner()
@@ -156,24 +164,132 @@ impl TableWriter {
     }
 }
 
-/// Opens one Arrow IPC file; `projection` selects columns by index.
-pub fn open_shard(
-    path: &Path,
-    projection: Option<Vec<usize>>,
-) -> Result<FileReader<BufReader<File>>> {
-    let file = File::open(path).at(path)?;
-    FileReader::try_new(BufReader::with_capacity(1 << 20, file), projection).map_err(|e| {
-        Error::file(
-            path,
-            format!("not a readable Arrow IPC file ({e}); re-run the stage that wrote it"),
-        )
-    })
+/// The two layouts of Arrow IPC: the file format starts with `ARROW1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpcFormat {
+    Stream,
+    File,
 }
 
-/// The rows of an Arrow IPC file, from its footer and the record batches'
-/// headers: no column data is read (verification counts the rows of every
-/// shard it checks).
+/// Which IPC layout `head` (a file's first bytes) starts.
+pub fn ipc_format(head: &[u8]) -> IpcFormat {
+    if head.starts_with(b"ARROW1") {
+        IpcFormat::File
+    } else {
+        IpcFormat::Stream
+    }
+}
+
+pub(crate) fn unreadable(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::file(
+        path,
+        format!("not a readable Arrow IPC table ({what}); re-run the stage that wrote it"),
+    )
+}
+
+/// The record batches of one table file, in either IPC layout.
+pub enum ShardReader {
+    Stream(StreamReader<BufReader<File>>),
+    File(FileReader<BufReader<File>>),
+}
+
+impl ShardReader {
+    pub fn schema(&self) -> SchemaRef {
+        match self {
+            ShardReader::Stream(r) => r.schema(),
+            ShardReader::File(r) => r.schema(),
+        }
+    }
+}
+
+impl Iterator for ShardReader {
+    type Item = Result<RecordBatch, arrow::error::ArrowError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            ShardReader::Stream(r) => r.next(),
+            ShardReader::File(r) => r.next(),
+        }
+    }
+}
+
+/// Opens one Arrow IPC table file; `projection` selects columns by index.
+pub fn open_shard(path: &Path, projection: Option<Vec<usize>>) -> Result<ShardReader> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let mut reader = BufReader::with_capacity(1 << 20, File::open(path).at(path)?);
+    let format = ipc_format(reader.fill_buf().at(path)?);
+    reader.seek(SeekFrom::Start(0)).at(path)?;
+    match format {
+        IpcFormat::Stream => StreamReader::try_new(reader, projection).map(ShardReader::Stream),
+        IpcFormat::File => FileReader::try_new(reader, projection).map(ShardReader::File),
+    }
+    .map_err(|e| unreadable(path, e))
+}
+
+/// The rows of an Arrow IPC table file, from its record batches' headers:
+/// no column data is read (verification counts the rows of every shard it
+/// checks). A stream must end with its end-of-stream marker, a file with
+/// its footer: anything else was cut short.
 pub fn count_rows(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let mut f = File::open(path).at(path)?;
+    let mut head = [0u8; 6];
+    let n = f.read(&mut head).at(path)?;
+    match ipc_format(&head[..n]) {
+        IpcFormat::Stream => count_stream_rows(path),
+        IpcFormat::File => count_file_rows(path),
+    }
+}
+
+fn count_stream_rows(path: &Path) -> Result<u64> {
+    use std::io::Read;
+    let bad = |what: &str| {
+        Error::file(
+            path,
+            format!("not a complete Arrow IPC stream ({what}); re-run the stage that wrote it"),
+        )
+    };
+    let file = File::open(path).at(path)?;
+    let len = file.metadata().at(path)?.len();
+    let mut r = BufReader::with_capacity(64 << 10, file);
+    let mut pos = 0u64;
+    let mut rows = 0u64;
+    let mut word = [0u8; 4];
+    loop {
+        // A message: [0xFFFFFFFF] metadata length, flatbuffer, body; a zero
+        // length is the end-of-stream marker.
+        if r.read_exact(&mut word).is_err() {
+            return Err(bad("no end-of-stream marker"));
+        }
+        pos += 4;
+        if word == [0xff; 4] {
+            r.read_exact(&mut word)
+                .map_err(|_| bad("cut inside a message header"))?;
+            pos += 4;
+        }
+        let meta_len = u32::from_le_bytes(word) as u64;
+        if meta_len == 0 {
+            return Ok(rows);
+        }
+        if pos + meta_len > len {
+            return Err(bad("a message header runs past the end"));
+        }
+        let mut meta = vec![0u8; meta_len as usize];
+        r.read_exact(&mut meta).at(path)?;
+        pos += meta_len;
+        let message = arrow::ipc::root_as_message(&meta).map_err(|_| bad("unreadable message"))?;
+        if let Some(batch) = message.header_as_record_batch() {
+            rows += u64::try_from(batch.length()).map_err(|_| bad("negative row count"))?;
+        }
+        let body = u64::try_from(message.bodyLength()).map_err(|_| bad("negative body"))?;
+        if pos + body > len {
+            return Err(bad("a message body runs past the end"));
+        }
+        r.seek_relative(body as i64).at(path)?;
+        pos += body;
+    }
+}
+
+fn count_file_rows(path: &Path) -> Result<u64> {
     use std::io::{Read, Seek, SeekFrom};
     let bad = |what: &str| {
         Error::file(
@@ -219,7 +335,7 @@ pub fn count_rows(path: &Path) -> Result<u64> {
     Ok(rows)
 }
 
-/// The schema of an Arrow IPC file.
+/// The schema of an Arrow IPC table file.
 pub fn shard_schema(path: &Path) -> Result<SchemaRef> {
     Ok(open_shard(path, None)?.schema())
 }
@@ -228,7 +344,7 @@ pub fn shard_schema(path: &Path) -> Result<SchemaRef> {
 pub struct TableReader {
     files: std::vec::IntoIter<PathBuf>,
     columns: Option<Vec<String>>,
-    current: Option<(PathBuf, FileReader<BufReader<File>>)>,
+    current: Option<(PathBuf, ShardReader)>,
 }
 
 impl TableReader {
