@@ -48,8 +48,29 @@ fn each_stage_help_opens_with_its_own_description() {
         );
         let heading = help.find("Execution (").expect("an execution heading");
         assert!(help[heading..].contains("--threads"), "{help}");
-        assert!(help[heading..].contains("--device"), "{help}");
+        // --device only where a network runs (prepare decodes and writes).
+        assert_eq!(
+            help[heading..].contains("--device"),
+            stage != "prepare",
+            "{stage}: {help}"
+        );
     }
+    for stage in ["duplicates", "sample-labels", "shard"] {
+        let o = common::run(&[stage, "--help"]);
+        let help = String::from_utf8_lossy(&o.stdout);
+        assert!(!help.contains("--device"), "{stage}: {help}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let o = common::run(&[
+        "prepare",
+        "--input",
+        tmp.path().to_str().unwrap(),
+        "--output",
+        tmp.path().join("o").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    common::one_line_error(&o, 2, &["--device", "runs no network"]);
 }
 
 /// A negative number is a value to refuse with its reason, not a flag clap

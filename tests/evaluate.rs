@@ -200,6 +200,48 @@ print(h.compute_fid_score_from_dir(sys.argv[1], sys.argv[2], batch_size=32, num_
     );
     let md = fs::read_to_string(out.join("label_efficiency.md")).unwrap();
     assert!(md.contains("| test | samples |"), "{md}");
+
+    // The plain folder of PNGs, as clean-fid and fid-helper-pytorch take
+    // it: the same FID as its prepared table, and nothing left of the
+    // scratch table it becomes.
+    let out_folder = tmp.path().join("eval-folder");
+    let scores = evaluate(&[
+        "--samples",
+        s(&fake_png),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&out_folder),
+    ]);
+    let from_folder = scores["sources"][0]["fid_mean"].as_f64().expect("fid");
+    assert!(
+        (from_folder - ours).abs() <= 1e-9 * ours,
+        "folder {from_folder} vs table {ours}"
+    );
+    assert_eq!(scores["sources"][0]["name"], "test.png");
+    let left: Vec<_> = fs::read_dir(&out_folder)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".samples"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+
+    // A folder at another size is refused before anything is scored.
+    let big = tmp.path().join("big");
+    fs::create_dir_all(&big).unwrap();
+    image::RgbImage::new(32, 32)
+        .save(big.join("a.png"))
+        .unwrap();
+    let o = common::run(&[
+        "evaluate",
+        "--samples",
+        s(&big),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&tmp.path().join("eval-big")),
+    ]);
+    common::one_line_error(&o, 2, &["a.png is 32x32", "28x28", "--size 28"]);
 }
 
 #[test]

@@ -78,6 +78,7 @@ impl Stage for Duplicates {
         "Find exact and near-duplicate images (pHash), within images/ and against a reference.";
     const OUTPUT: &'static str = "Where the duplicates table goes (`duplicates/` of a run).";
     const SLOTS: &'static [Slot] = &[IMAGES, REFERENCE];
+    const RUNS_NETWORKS: bool = false;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {

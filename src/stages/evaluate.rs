@@ -38,8 +38,8 @@ use crate::models::biggan::Generator;
 use crate::progress;
 use crate::shard::stored::{self, StoredImage};
 use crate::shard::{image_bytes, shard_schema, table_files, TableReader};
-use crate::stage::{StageName, StageRun};
-use crate::stages::{at_least, tables, Exec, ParamError, RunDirs, Slot, Stage};
+use crate::stage::{Input, StageName, StageRun};
+use crate::stages::{at_least, samples_folder, tables, Exec, ParamError, RunDirs, Slot, Stage};
 
 /// Files this stage writes.
 pub const SCORES_FILE: &str = "scores.json";
@@ -202,12 +202,26 @@ pub enum Source {
     Gan(PathBuf),
     /// A finished stage folder holding an images table.
     Table(PathBuf),
+    /// A plain folder of images (`folder`), scored as the images table
+    /// `prepare` makes of it in the scratch folder `table`.
+    Folder { folder: PathBuf, table: PathBuf },
 }
 
 impl Source {
+    /// The folder the user gave.
     fn dir(&self) -> &Path {
         match self {
             Source::Gan(d) | Source::Table(d) => d,
+            Source::Folder { folder, .. } => folder,
+        }
+    }
+
+    /// The images table scored, for the table kinds.
+    fn table_dir(&self) -> Option<&Path> {
+        match self {
+            Source::Gan(_) => None,
+            Source::Table(d) => Some(d),
+            Source::Folder { table, .. } => Some(table),
         }
     }
 }
@@ -248,7 +262,16 @@ impl Evaluate {
     /// What is scored: every `--gan`, then every `--samples`.
     fn sources(dirs: &RunDirs) -> Vec<Source> {
         let mut sources: Vec<Source> = dirs.all(&GAN).iter().cloned().map(Source::Gan).collect();
-        sources.extend(dirs.all(&SAMPLES).iter().cloned().map(Source::Table));
+        for (k, dir) in dirs.all(&SAMPLES).iter().enumerate() {
+            sources.push(if samples_folder::is_plain_folder(dir) {
+                Source::Folder {
+                    folder: dir.clone(),
+                    table: dirs.output.join(format!(".samples-{k}")),
+                }
+            } else {
+                Source::Table(dir.clone())
+            });
+        }
         sources
     }
 }
@@ -287,15 +310,37 @@ impl Stage for Evaluate {
         Ok(())
     }
 
+    /// The default's folders, but a plain folder of images is a user's
+    /// input (fingerprinted by names, sizes and times), not a stage's.
+    fn inputs(dirs: &RunDirs, _: &Params) -> Vec<Input> {
+        let mut inputs = dirs.stage_inputs(&[GAN]);
+        for dir in dirs.all(&SAMPLES) {
+            inputs.push(if samples_folder::is_plain_folder(dir) {
+                Input::Path(dir.clone())
+            } else {
+                Input::stage(dir, SAMPLES.stage)
+            });
+        }
+        inputs.extend(dirs.stage_inputs(&[REFERENCE, CLASS_MODEL]));
+        inputs
+    }
+
     fn run(dirs: &RunDirs, params: &Params, exec: &Exec, run: &mut StageRun) -> Result<()> {
-        body(
+        let sources = Self::sources(dirs);
+        let result = body(
             run,
-            &Self::sources(dirs),
+            &sources,
             dirs.need(&REFERENCE)?,
             dirs.get(&CLASS_MODEL),
             params,
             exec,
-        )
+        );
+        for source in &sources {
+            if let Source::Folder { table, .. } = source {
+                let _ = std::fs::remove_dir_all(table);
+            }
+        }
+        result
     }
 }
 
@@ -429,6 +474,12 @@ fn body(
     let ref_table = ImagesTable::open(reference)?;
     let reference_resolution = tables::image_side(&ref_table.files[0])?;
     let samples_resolution = same_resolution(sources, reference, reference_resolution)?;
+    for source in sources {
+        if let Source::Folder { folder, table } = source {
+            samples_folder::check_sizes(folder, reference_resolution)?;
+            samples_folder::prepare_table(folder, reference_resolution, table, exec)?;
+        }
+    }
     run.count("samples_resolution", samples_resolution);
     run.count("reference_resolution", reference_resolution);
 
@@ -583,6 +634,8 @@ fn same_resolution(sources: &[Source], reference: &Path, reference_side: u32) ->
                 tables::image_side(&ImagesTable::open(dir)?.files[0])?,
                 "images",
             ),
+            // Checked, file by file, when the folder is prepared.
+            Source::Folder { .. } => continue,
         };
         if side != reference_side {
             return Err(Error::usage(format!(
@@ -641,7 +694,8 @@ fn score_source(
             }
             return Ok(scored);
         }
-        Source::Table(dir) => {
+        Source::Table(_) | Source::Folder { .. } => {
+            let dir = source.table_dir().expect("a table source");
             let table = ImagesTable::open(dir)?;
             if params.num_samples >= table.rows {
                 // The whole table each time: every run would be the same.
@@ -792,9 +846,9 @@ fn summarise_consistency(s: &mut SourceScores, names: &[String]) {
 /// Class names of what a source's labels index: a table's own, else (a
 /// GAN's classes) the reference's.
 fn class_names_of_source(source: &Source, reference: &ImagesTable) -> Result<Vec<String>> {
-    let table = match source {
-        Source::Table(dir) => ImagesTable::open(dir)?,
-        Source::Gan(_) => return names_of(reference),
+    let table = match source.table_dir() {
+        Some(dir) => ImagesTable::open(dir)?,
+        None => return names_of(reference),
     };
     names_of(&table)
 }

@@ -34,6 +34,7 @@ pub mod prepare;
 pub mod pretrain;
 pub mod pseudo_label;
 pub mod sample_labels;
+pub mod samples_folder;
 pub mod shard;
 pub mod tables;
 pub mod train_gan;
@@ -356,6 +357,9 @@ pub trait Stage: 'static {
     const OUTPUT: &'static str;
     /// The folders it reads.
     const SLOTS: &'static [Slot];
+    /// Runs a network (libtorch), so that `--device` acts; the stages that
+    /// only decode, hash and write tables neither offer nor take it.
+    const RUNS_NETWORKS: bool = true;
     type Params: StageParams;
 
     /// Ranges of the parameters, checked before anything runs (in `run
@@ -465,8 +469,13 @@ impl<S: Stage> AnyStage for Entry<S> {
         // command's description: the stage's own is set last.
         let cmd = S::Params::augment_args(cmd)
             .next_help_heading("Execution (how fast it runs, never what it writes)");
-        Exec::augment_args(cmd)
-            .about(S::ABOUT)
+        let cmd = Exec::augment_args(cmd);
+        let cmd = if S::RUNS_NETWORKS {
+            cmd
+        } else {
+            cmd.mut_arg("device", |a| a.hide(true))
+        };
+        cmd.about(S::ABOUT)
             .long_about(None)
             // `--lr-g -1` is a value to refuse with a reason, not an unknown flag.
             .mut_args(|a| {
@@ -478,6 +487,14 @@ impl<S: Stage> AnyStage for Entry<S> {
     fn main(&self, m: &ArgMatches) -> Result<()> {
         let params = S::Params::from_arg_matches(m).map_err(|e| Error::usage(e.to_string()))?;
         let mut exec = Exec::from_arg_matches(m).map_err(|e| Error::usage(e.to_string()))?;
+        if !S::RUNS_NETWORKS
+            && m.value_source("device") == Some(clap::parser::ValueSource::CommandLine)
+        {
+            return Err(Error::usage(format!(
+                "--device: `fewlabels {}` runs no network (it decodes and writes tables on --threads CPU threads); leave the flag out",
+                S::NAME
+            )));
+        }
         let output = m
             .get_one::<PathBuf>("output")
             .cloned()

@@ -159,6 +159,7 @@ impl Stage for Prepare {
         "Images (folder, tar, list file, IDX) to Arrow shards of --size images.";
     const OUTPUT: &'static str = "Output folder (`images/` of a run).";
     const SLOTS: &'static [Slot] = &[MERGE];
+    const RUNS_NETWORKS: bool = false;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {

@@ -66,6 +66,7 @@ impl Stage for SampleLabels {
     const ABOUT: &'static str = "Keep a fraction of the labels of each class.";
     const OUTPUT: &'static str = "Where `labels/` goes.";
     const SLOTS: &'static [Slot] = &[IMAGES];
+    const RUNS_NETWORKS: bool = false;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {

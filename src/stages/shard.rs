@@ -133,6 +133,7 @@ impl Stage for Shard {
     const ABOUT: &'static str = "Join images and labels into shuffled training shards.";
     const OUTPUT: &'static str = "Where `train/` goes.";
     const SLOTS: &'static [Slot] = &[IMAGES, PSEUDO_LABELS, SUBSET, DUPLICATES];
+    const RUNS_NETWORKS: bool = false;
     type Params = Params;
 
     fn validate(p: &Params) -> Result<(), ParamError> {
