@@ -1,12 +1,14 @@
-//! Small PNG charts drawn straight onto an `image::RgbImage`: a heat map with
-//! a colour scale (confusion matrices), a line plot of several series with
-//! axes (training curves), and an image grid (samples). Text uses a built-in
+//! Small charts: a heat map with a colour scale (confusion matrices) and an
+//! image grid (samples) drawn straight onto an `image::RgbImage`, and line
+//! plots of several series with axes (training curves) as SVG ([`svg`]). Text uses a built-in
 //! 5x7 bitmap font (ASCII; lower case drawn as upper case), so the charts need
 //! no font files and render identically everywhere. Building block: knows
 //! nothing of stages; the report reuses it.
 use std::path::Path;
 
 use image::{Rgb, RgbImage};
+
+pub mod svg;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -387,7 +389,7 @@ pub fn tick_step(span: f64, n: usize) -> f64 {
     nice * pow
 }
 
-fn tick_label(v: f64, step: f64) -> String {
+pub(crate) fn tick_label(v: f64, step: f64) -> String {
     if step >= 1.0 && v.abs() < 1e7 {
         format!("{v:.0}")
     } else if step >= 0.01 {
@@ -396,117 +398,6 @@ fn tick_label(v: f64, step: f64) -> String {
     } else {
         format!("{v:.1e}")
     }
-}
-
-/// Draws the series as lines over shared axes with ticks, a legend and titles.
-/// Non-finite points are skipped (the line breaks there).
-pub fn line_plot(series: &[Series], opt: &LinePlot) -> RgbImage {
-    let (w, h) = (opt.width.max(200), opt.height.max(150));
-    let mut c = Canvas::new(w, h, WHITE);
-    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .flat_map(|s| s.points.iter().filter(finite).cloned())
-        .collect();
-    let (mut x0, mut x1) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = pts
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
-    if pts.is_empty() {
-        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        let pad = if y0 == 0.0 { 1.0 } else { y0.abs() * 0.1 };
-        y0 -= pad;
-        y1 += pad;
-    }
-    let (xs, ys) = (tick_step(x1 - x0, 6), tick_step(y1 - y0, 5));
-    let (y0, y1) = ((y0 / ys).floor() * ys, (y1 / ys).ceil() * ys);
-    let y_labels: Vec<String> = {
-        let mut v = Vec::new();
-        let mut t = y0;
-        while t <= y1 + ys * 0.5 {
-            v.push(tick_label(t, ys));
-            t += ys;
-        }
-        v
-    };
-    let left = 20 + y_labels.iter().map(|l| text_width(l, 1)).max().unwrap_or(0) + 6;
-    let (top, right, bottom) = (24u32, 16u32, 36u32);
-    let (pw, ph) = (w - left - right, h - top - bottom);
-    let px = |x: f64| left as f64 + (x - x0) / (x1 - x0) * pw as f64;
-    let py = |y: f64| top as f64 + (1.0 - (y - y0) / (y1 - y0)) * ph as f64;
-    c.text(left as i64, 6, opt.title, BLACK, 1);
-    // Grid and ticks.
-    let mut t = y0;
-    while t <= y1 + ys * 0.5 {
-        let y = py(t).round() as i64;
-        c.line(left as i64, y, (left + pw) as i64, y, GREY);
-        let label = tick_label(t, ys);
-        c.text(
-            (left - 4 - text_width(&label, 1)) as i64,
-            y - 3,
-            &label,
-            BLACK,
-            1,
-        );
-        t += ys;
-    }
-    let mut t = (x0 / xs).ceil() * xs;
-    while t <= x1 + xs * 1e-9 {
-        let x = px(t).round() as i64;
-        c.line(x, top as i64, x, (top + ph) as i64, GREY);
-        let label = tick_label(t, xs);
-        c.text(
-            x - text_width(&label, 1) as i64 / 2,
-            (top + ph + 4) as i64,
-            &label,
-            BLACK,
-            1,
-        );
-        t += xs;
-    }
-    c.rect_outline(left as i64, top as i64, pw + 1, ph + 1, BLACK);
-    c.text(
-        (left + pw / 2) as i64 - text_width(opt.x_axis, 1) as i64 / 2,
-        (h - 12) as i64,
-        opt.x_axis,
-        BLACK,
-        1,
-    );
-    c.text_vertical(
-        4,
-        (top + ph / 2 + text_width(opt.y_axis, 1) / 2) as i64,
-        opt.y_axis,
-        BLACK,
-    );
-    for (i, s) in series.iter().enumerate() {
-        let colour = series_colour(i);
-        let mut prev: Option<(i64, i64)> = None;
-        for p in &s.points {
-            if !(p.0.is_finite() && p.1.is_finite()) {
-                prev = None;
-                continue;
-            }
-            let q = (px(p.0).round() as i64, py(p.1).round() as i64);
-            match prev {
-                Some(a) => c.thick_line(a.0, a.1, q.0, q.1, colour),
-                None => c.fill_rect(q.0 - 1, q.1 - 1, 3, 3, colour),
-            }
-            prev = Some(q);
-        }
-        // Legend, top right inside the plot.
-        let lx = (left + pw) as i64 - 8 - text_width(&s.name, 1) as i64 - 16;
-        let ly = top as i64 + 6 + i as i64 * (GLYPH_H as i64 + 2);
-        c.fill_rect(lx, ly + 2, 12, 3, colour);
-        c.text(lx + 16, ly, &s.name, BLACK, 1);
-    }
-    c.into_image()
 }
 
 /// Tiles `images` row by row, `cols` per row, with `pad` pixels of
@@ -628,27 +519,6 @@ mod tests {
         assert!(count(top) > 48 * 48, "max cell drawn");
         assert!(count(bottom) > 2 * 48 * 48, "two zero cells drawn");
         assert!(count(colormap(0.5)) >= 48 * 48, "middle cell drawn");
-    }
-
-    #[test]
-    fn line_plot_draws_each_series_in_its_colour() {
-        let s = vec![
-            Series {
-                name: "loss".into(),
-                points: (0..10).map(|i| (i as f64, (10 - i) as f64)).collect(),
-            },
-            Series {
-                name: "acc".into(),
-                points: (0..10).map(|i| (i as f64, i as f64 * 0.5)).collect(),
-            },
-        ];
-        let img = line_plot(&s, &LinePlot::default());
-        for i in 0..2 {
-            let n = img.pixels().filter(|p| **p == series_colour(i)).count();
-            assert!(n > 200, "series {i} has {n} pixels");
-        }
-        assert_eq!(tick_step(9.0, 6), 2.0);
-        assert_eq!(tick_step(0.9, 5), 0.2);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::fsutil::write_atomic;
 use crate::manifest::Manifest;
 use image::RgbImage;
 
-use crate::plot::{line_plot, save_png, LinePlot, Series};
+use crate::plot::svg::line_plot_svg;
+use crate::plot::{save_png, LinePlot, Series};
 use crate::shard::TableReader;
 use crate::stage::StageName;
 
@@ -680,12 +681,12 @@ fn metric_plots(
     groups.sort_by_key(|(g, _)| !g.starts_with("eval/"));
     for (group, series) in groups.into_iter().take(MAX_PLOTS_PER_STAGE) {
         let file = plots_dir.join(format!(
-            "{}-{stem}-{}.png",
+            "{}-{stem}-{}.svg",
             s.folder,
             group.replace(['/', ' '], "_")
         ));
         let title = format!("{} {stem}: {group}", s.manifest.stage);
-        let img = line_plot(
+        let svg = line_plot_svg(
             &series,
             &LinePlot {
                 title: &title,
@@ -694,7 +695,7 @@ fn metric_plots(
                 ..Default::default()
             },
         );
-        save_png(&img, &file)?;
+        write_atomic(&file, svg.as_bytes())?;
         let rel = file
             .strip_prefix(run_dir)
             .unwrap_or(&file)

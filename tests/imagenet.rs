@@ -271,7 +271,7 @@ fn every_imagenet_route_runs_end_to_end_on_an_imagenet_shaped_tar() {
             "{name}"
         );
         let report = fs::read_to_string(run_dir.join("report.md")).unwrap();
-        assert!(report.contains("metrics-eval_fid.png"), "{name}: {report}");
+        assert!(report.contains("metrics-eval_fid.svg"), "{name}: {report}");
         // Every kept checkpoint scored by evaluate, the best named.
         let src = &scores["sources"][0];
         assert_eq!(

@@ -271,7 +271,8 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
     );
     assert!(first.iter().all(|(_, o)| o == "ran"), "{first:?}");
 
-    // The report: every picture it names exists and is a PNG; the headline
+    // The report: every picture it names exists, training curves as SVG,
+    // the rest as PNG; the headline
     // figures include the pseudo-labels' quality.
     let report = tmp.path().join("run").join("report.html");
     let html = fs::read_to_string(&report).unwrap();
@@ -287,7 +288,16 @@ fn second_run_is_a_no_op_and_a_change_reruns_exactly_what_is_downstream() {
     assert!(pictures.len() >= 2, "too few pictures: {pictures:?}");
     for p in pictures {
         let bytes = fs::read(report.parent().unwrap().join(p)).unwrap_or_default();
-        assert!(bytes.starts_with(b"\x89PNG"), "{p} is missing or not a PNG");
+        if p.ends_with(".svg") {
+            let svg = String::from_utf8(bytes).unwrap();
+            assert!(
+                svg.starts_with("<svg xmlns=") && svg.contains("<polyline"),
+                "{p}"
+            );
+            assert!(svg.trim_end().ends_with("</svg>"), "{p}");
+        } else {
+            assert!(bytes.starts_with(b"\x89PNG"), "{p} is missing or not a PNG");
+        }
     }
     assert!(tmp.path().join("run").join("report.md").exists());
 
