@@ -418,6 +418,32 @@ pub fn image_grid(images: &[RgbImage], cols: usize, pad: u32, background: Rgb<u8
     out
 }
 
+/// `grid` (from [`image_grid`], `rows` rows of cells `cell_h` high with
+/// `pad` between) with a white margin on its left holding one label per
+/// row, centred on the row: the class names of a sample grid.
+pub fn label_rows(grid: &RgbImage, labels: &[String], cell_h: u32, pad: u32) -> RgbImage {
+    if labels.is_empty() {
+        return grid.clone();
+    }
+    // Twice the font where the rows have room for it.
+    let scale = if cell_h >= 2 * GLYPH_H + 4 { 2 } else { 1 };
+    let margin = labels
+        .iter()
+        .map(|l| text_width(l, scale))
+        .max()
+        .unwrap_or(0)
+        + 8;
+    let mut c = Canvas::new(grid.width() + margin, grid.height(), WHITE);
+    image::imageops::replace(&mut c.img, grid, margin as i64, 0);
+    for (r, label) in labels.iter().enumerate() {
+        let centre = pad + r as u32 * (cell_h + pad) + cell_h / 2;
+        let y = centre as i64 - (GLYPH_H * scale / 2) as i64;
+        let x = margin as i64 - 4 - text_width(label, scale) as i64;
+        c.text(x, y, label, BLACK, scale);
+    }
+    c.into_image()
+}
+
 /// The 5x7 glyph of `ch`: seven rows, bit 4 is the leftmost pixel.
 fn glyph(ch: char) -> [u8; 7] {
     let ch = ch.to_ascii_uppercase();

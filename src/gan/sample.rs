@@ -240,8 +240,14 @@ pub fn to_rgb8(x: &Tensor) -> Result<Vec<Vec<u8>>> {
         .collect()
 }
 
-/// A grid of `rows x cols` images (row-major), 2-pixel grey borders.
-pub fn grid_png(x: &Tensor, rows: usize, cols: usize) -> Result<(Vec<u8>, u32, u32)> {
+/// A grid of `rows x cols` images (row-major), 2-pixel grey borders, each
+/// row named by `row_labels` in a margin on the left when given.
+pub fn grid_png(
+    x: &Tensor,
+    rows: usize,
+    cols: usize,
+    row_labels: &[String],
+) -> Result<(Vec<u8>, u32, u32)> {
     let s = x.size();
     let (h, w) = (s[2] as u32, s[3] as u32);
     let tiles = to_rgb8(x)?
@@ -253,6 +259,7 @@ pub fn grid_png(x: &Tensor, rows: usize, cols: usize) -> Result<(Vec<u8>, u32, u
         })
         .collect::<Result<Vec<_>>>()?;
     let img = crate::plot::image_grid(&tiles, cols, 2, image::Rgb([128, 128, 128]));
+    let img = crate::plot::label_rows(&img, row_labels, h, 2);
     let (gw, gh) = (img.width(), img.height());
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(img)
@@ -270,6 +277,24 @@ pub fn png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>> {
         .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
         .map_err(|e| Error::invalid(format!("PNG encoding: {e}")))?;
     Ok(out)
+}
+
+/// The name of each row of [`grid_inputs`]' grid: its class's name (`class
+/// k` where the table names none); none for an unconditional G.
+pub fn grid_row_labels(cfg: &Config, max_rows: i64, names: &[String]) -> Vec<String> {
+    if !cfg.conditional {
+        return Vec::new();
+    }
+    let rows = cfg.n_classes.clamp(1, max_rows);
+    (0..rows)
+        .map(|r| r * cfg.n_classes / rows)
+        .map(|c| {
+            names
+                .get(c as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class {c}"))
+        })
+        .collect()
 }
 
 /// The fixed z and labels of the training grids: one row per class (up to
@@ -330,10 +355,40 @@ mod tests {
     #[test]
     fn grid_has_the_right_size_and_pixels() {
         let x = Tensor::ones([4, 3, 5, 5], (Kind::Float, Device::Cpu));
-        let (png, w, h) = grid_png(&x, 2, 2).expect("grid");
+        let (png, w, h) = grid_png(&x, 2, 2, &[]).expect("grid");
         assert_eq!((w, h), (2 * 7 + 2, 2 * 7 + 2));
         let img = image::load_from_memory(&png).expect("png").to_rgb8();
         assert_eq!(img.get_pixel(2, 2).0, [255, 255, 255]);
         assert_eq!(img.get_pixel(0, 0).0, [128, 128, 128]);
+        // Named rows: a white margin with dark text left of the same grid.
+        let names = ["Coat".to_string(), "Bag".to_string()];
+        let (png, lw, lh) = grid_png(&x, 2, 2, &names).expect("grid");
+        let margin = crate::plot::text_width("Coat", 1) + 8;
+        assert_eq!((lw, lh), (w + margin, h));
+        let img = image::load_from_memory(&png).expect("png").to_rgb8();
+        assert_eq!(img.get_pixel(margin, 0).0, [128, 128, 128]);
+        assert_eq!(img.get_pixel(margin + 2, 2).0, [255, 255, 255]);
+        let dark = (0..margin)
+            .flat_map(|x| (0..lh).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x, y).0 == [0, 0, 0])
+            .count();
+        assert!(dark > 20, "{dark} text pixels in the margin");
+    }
+
+    #[test]
+    fn grid_rows_are_named_by_their_classes() {
+        let mut cfg = Config::biggan_32(4);
+        (cfg.n_classes, cfg.conditional) = (10, true);
+        let names: Vec<String> = (0..10).map(|c| format!("n{c}")).collect();
+        assert_eq!(
+            grid_row_labels(&cfg, 5, &names),
+            ["n0", "n2", "n4", "n6", "n8"]
+        );
+        assert_eq!(
+            grid_row_labels(&cfg, 3, &[]),
+            ["class 0", "class 3", "class 6"]
+        );
+        cfg.conditional = false;
+        assert!(grid_row_labels(&cfg, 5, &names).is_empty());
     }
 }

@@ -46,7 +46,7 @@ use crate::gan::ema::{standing_stats, Ema};
 use crate::gan::losses::{accuracy, cross_entropy, d_hinge, g_hinge, masked_cross_entropy};
 use crate::gan::modes::{GanMode, RealLabels};
 use crate::gan::rotation::RotationLayout;
-use crate::gan::sample::{grid_inputs, grid_png, ModelInfo, EMA_FILE, MODEL_FILE};
+use crate::gan::sample::{grid_inputs, grid_png, grid_row_labels, ModelInfo, EMA_FILE, MODEL_FILE};
 use crate::gan::seed_all;
 use crate::gan::tfevents::EventWriter;
 use crate::models::biggan::{parameter_count, Config, Discriminator, Generator, Projection};
@@ -541,7 +541,8 @@ impl Gan {
             self.device,
         );
         let x = tch::no_grad(|| self.g_ema.forward_t(&z, &y, false));
-        grid_png(&x, rows, cols)
+        let names = grid_row_labels(&self.cfg.model, self.cfg.grid_rows, &self.cfg.class_names);
+        grid_png(&x, rows, cols, &names)
     }
 }
 
