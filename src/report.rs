@@ -340,6 +340,17 @@ fn stage_blocks(
     for jsonl in files_with_ext(&s.dir, "jsonl") {
         metric_plots(s, &jsonl, run_dir, plots_dir, blocks)?;
     }
+    if s.manifest.stage == StageName::TrainGan {
+        let grids = files_with_ext(&s.dir.join("samples"), "png");
+        let file = plots_dir.join(format!("{}-samples-over-training.png", s.folder));
+        if let Some(steps) = training_strip(&grids, &file)? {
+            let rel = file.strip_prefix(run_dir).unwrap_or(&file);
+            blocks.push(Block::Image(
+                rel.to_string_lossy().into_owned(),
+                format!("the EMA generator's grid over training (steps {steps})"),
+            ));
+        }
+    }
     for png in pngs_to_show(&s.dir) {
         let rel = png
             .strip_prefix(run_dir)
@@ -722,6 +733,56 @@ fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Grids shown in the strip of samples over training.
+const STRIP_GRIDS: usize = 6;
+/// Height of each grid in the strip, in pixels.
+const STRIP_HEIGHT: u32 = 240;
+
+/// Up to [`STRIP_GRIDS`] of train-gan's sample grids (`step-N.png`), evenly
+/// spaced from the first to the last, scaled to one height and set side by
+/// side under their step: how the samples changed. Written to `out`;
+/// returns the steps shown, or None when there are fewer than two grids.
+fn training_strip(grids: &[PathBuf], out: &Path) -> Result<Option<String>> {
+    if grids.len() < 2 {
+        return Ok(None);
+    }
+    let n = grids.len().min(STRIP_GRIDS);
+    let picked: Vec<&PathBuf> = (0..n)
+        .map(|i| &grids[i * (grids.len() - 1) / (n - 1)])
+        .collect();
+    let mut tiles = Vec::new();
+    let mut steps = Vec::new();
+    for path in picked {
+        let img = image::open(path)
+            .map_err(|e| Error::file(path, format!("not a readable PNG: {e}")))?
+            .to_rgb8();
+        let w = (img.width() as u64 * STRIP_HEIGHT as u64 / img.height().max(1) as u64).max(1);
+        tiles.push(image::imageops::resize(
+            &img,
+            w as u32,
+            STRIP_HEIGHT,
+            image::imageops::FilterType::Triangle,
+        ));
+        let step = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.strip_prefix("step-"))
+            .and_then(|s| s.parse::<u64>().ok());
+        steps.push(step.map(|s| s.to_string()).unwrap_or_else(|| "?".into()));
+    }
+    let (pad, label_h) = (12u32, 2 * crate::plot::GLYPH_H + 8);
+    let width = pad + tiles.iter().map(|t| t.width() + pad).sum::<u32>();
+    let mut c = crate::plot::Canvas::new(width, label_h + STRIP_HEIGHT + pad, crate::plot::WHITE);
+    let mut x = pad;
+    for (tile, step) in tiles.iter().zip(&steps) {
+        c.text(x as i64, 6, &format!("step {step}"), crate::plot::BLACK, 2);
+        image::imageops::replace(&mut c.img, tile, x as i64, label_h as i64);
+        x += tile.width() + pad;
+    }
+    save_png(&c.into_image(), out)?;
+    Ok(Some(steps.join(", ")))
+}
+
 /// The PNGs of a stage folder and of its sub-folders (e.g. `samples/`): all
 /// top-level ones, and of each sub-folder the first and the last (grids over
 /// training time).
@@ -843,4 +904,33 @@ fn render_markdown(blocks: &[Block]) -> String {
         }
     }
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_spans_training_from_first_to_last_grid() {
+        let tmp = tempfile::tempdir().unwrap();
+        let grids: Vec<PathBuf> = (0..8u8)
+            .map(|k| {
+                let p = tmp.path().join(format!("step-{:08}.png", k as u64 * 100));
+                image::RgbImage::from_pixel(60, 30, image::Rgb([k * 30, 0, 0]))
+                    .save(&p)
+                    .unwrap();
+                p
+            })
+            .collect();
+        let out = tmp.path().join("strip.png");
+        assert_eq!(training_strip(&grids[..1], &out).unwrap(), None);
+        let steps = training_strip(&grids, &out).unwrap().unwrap();
+        assert_eq!(steps, "0, 100, 200, 400, 500, 700");
+        let img = image::open(&out).unwrap().to_rgb8();
+        // Six grids 2:1 at 240 high, 12 px apart, under their labels.
+        assert_eq!(img.width(), 12 + 6 * (480 + 12));
+        assert_eq!(img.height(), 2 * crate::plot::GLYPH_H + 8 + 240 + 12);
+        let last = 12 + 5 * (480 + 12) + 240;
+        assert_eq!(img.get_pixel(last, 150).0, [7 * 30, 0, 0]);
+    }
 }
