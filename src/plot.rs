@@ -421,9 +421,9 @@ pub fn image_grid(images: &[RgbImage], cols: usize, pad: u32, background: Rgb<u8
 /// `grid` (from [`image_grid`], `rows` rows of cells `cell_h` high with
 /// `pad` between) with a white margin on its left holding one label per
 /// row, centred on the row: the class names of a sample grid.
-pub fn label_rows(grid: &RgbImage, labels: &[String], cell_h: u32, pad: u32) -> RgbImage {
+pub fn label_rows(grid: RgbImage, labels: &[String], cell_h: u32, pad: u32) -> RgbImage {
     if labels.is_empty() {
-        return grid.clone();
+        return grid;
     }
     // Twice the font where the rows have room for it.
     let scale = if cell_h >= 2 * GLYPH_H + 4 { 2 } else { 1 };
@@ -434,7 +434,7 @@ pub fn label_rows(grid: &RgbImage, labels: &[String], cell_h: u32, pad: u32) -> 
         .unwrap_or(0)
         + 8;
     let mut c = Canvas::new(grid.width() + margin, grid.height(), WHITE);
-    image::imageops::replace(&mut c.img, grid, margin as i64, 0);
+    image::imageops::replace(&mut c.img, &grid, margin as i64, 0);
     for (r, label) in labels.iter().enumerate() {
         let centre = pad + r as u32 * (cell_h + pad) + cell_h / 2;
         let y = centre as i64 - (GLYPH_H * scale / 2) as i64;

@@ -14,7 +14,7 @@ use crate::fsutil::write_atomic;
 use crate::manifest::Manifest;
 use image::RgbImage;
 
-use crate::plot::svg::line_plot_svg;
+use crate::plot::svg::{line_plot_svg, xml_escape as escape};
 use crate::plot::{save_png, LinePlot, Series};
 use crate::shard::TableReader;
 use crate::stage::StageName;
@@ -805,13 +805,6 @@ fn pngs_to_show(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 fn render_html(title: &str, blocks: &[Block]) -> String {

@@ -242,6 +242,22 @@ print(h.compute_fid_score_from_dir(sys.argv[1], sys.argv[2], batch_size=32, num_
         s(&tmp.path().join("eval-big")),
     ]);
     common::one_line_error(&o, 2, &["a.png is 32x32", "28x28", "--size 28"]);
+
+    // A folder with no image in it (a text file, a PNG that is not one).
+    let junk = tmp.path().join("junk");
+    fs::create_dir_all(&junk).unwrap();
+    fs::write(junk.join("notes.txt"), b"samples go here").unwrap();
+    fs::write(junk.join("b.png"), b"not a png").unwrap();
+    let o = common::run(&[
+        "evaluate",
+        "--samples",
+        s(&junk),
+        "--reference",
+        s(&real),
+        "--output",
+        s(&tmp.path().join("eval-junk")),
+    ]);
+    common::one_line_error(&o, 1, &["junk", "holds no PNG or JPEG images"]);
 }
 
 #[test]

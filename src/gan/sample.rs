@@ -259,7 +259,7 @@ pub fn grid_png(
         })
         .collect::<Result<Vec<_>>>()?;
     let img = crate::plot::image_grid(&tiles, cols, 2, image::Rgb([128, 128, 128]));
-    let img = crate::plot::label_rows(&img, row_labels, h, 2);
+    let img = crate::plot::label_rows(img, row_labels, h, 2);
     let (gw, gh) = (img.width(), img.height());
     let mut png = Vec::new();
     image::DynamicImage::ImageRgb8(img)

@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 
 use super::{series_colour, tick_label, tick_step, LinePlot, Series};
 
-/// Escapes text for SVG/XML.
-fn esc(s: &str) -> String {
+/// Escapes text for SVG, XML and HTML.
+pub fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -79,7 +79,7 @@ pub fn line_plot_svg(series: &[Series], opt: &LinePlot) -> String {
     let _ = writeln!(
         s,
         r#"<text x="{left}" y="18" font-size="13">{}</text>"#,
-        esc(opt.title)
+        xml_escape(opt.title)
     );
     // Horizontal grid and y ticks.
     let mut t = a.y.0;
@@ -91,7 +91,7 @@ pub fn line_plot_svg(series: &[Series], opt: &LinePlot) -> String {
             left + pw,
             left - 4.0,
             y + 4.0,
-            esc(&tick_label(t, a.y_step))
+            xml_escape(&tick_label(t, a.y_step))
         );
         t += a.y_step;
     }
@@ -104,7 +104,7 @@ pub fn line_plot_svg(series: &[Series], opt: &LinePlot) -> String {
             r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{:.1}" stroke="#dddddd"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
             top + ph,
             top + ph + 14.0,
-            esc(&tick_label(t, a.x_step))
+            xml_escape(&tick_label(t, a.x_step))
         );
         t += a.x_step;
     }
@@ -117,13 +117,13 @@ pub fn line_plot_svg(series: &[Series], opt: &LinePlot) -> String {
         r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
         left + pw / 2.0,
         h - 8.0,
-        esc(opt.x_axis)
+        xml_escape(opt.x_axis)
     );
     let _ = writeln!(
         s,
         r#"<text transform="translate(14 {:.1}) rotate(-90)" text-anchor="middle">{}</text>"#,
         top + ph / 2.0,
-        esc(opt.y_axis)
+        xml_escape(opt.y_axis)
     );
     for (i, series) in series.iter().enumerate() {
         let colour = hex(series_colour(i));
@@ -161,7 +161,7 @@ pub fn line_plot_svg(series: &[Series], opt: &LinePlot) -> String {
             lx,
             ly - 4.0,
             lx - 18.0,
-            esc(&series.name)
+            xml_escape(&series.name)
         );
     }
     s.push_str("</svg>\n");

@@ -214,10 +214,11 @@ impl Iterator for ShardReader {
 
 /// Opens one Arrow IPC table file; `projection` selects columns by index.
 pub fn open_shard(path: &Path, projection: Option<Vec<usize>>) -> Result<ShardReader> {
-    use std::io::{BufRead, Seek, SeekFrom};
+    use std::io::BufRead;
     let mut reader = BufReader::with_capacity(1 << 20, File::open(path).at(path)?);
+    // Peeks at the first bytes: fill_buf consumes nothing, the reader
+    // starts from them.
     let format = ipc_format(reader.fill_buf().at(path)?);
-    reader.seek(SeekFrom::Start(0)).at(path)?;
     match format {
         IpcFormat::Stream => StreamReader::try_new(reader, projection).map(ShardReader::Stream),
         IpcFormat::File => FileReader::try_new(reader, projection).map(ShardReader::File),
@@ -230,17 +231,18 @@ pub fn open_shard(path: &Path, projection: Option<Vec<usize>>) -> Result<ShardRe
 /// checks). A stream must end with its end-of-stream marker, a file with
 /// its footer: anything else was cut short.
 pub fn count_rows(path: &Path) -> Result<u64> {
-    use std::io::Read;
+    use std::io::{Read, Seek};
     let mut f = File::open(path).at(path)?;
     let mut head = [0u8; 6];
     let n = f.read(&mut head).at(path)?;
+    f.rewind().at(path)?;
     match ipc_format(&head[..n]) {
-        IpcFormat::Stream => count_stream_rows(path),
-        IpcFormat::File => count_file_rows(path),
+        IpcFormat::Stream => count_stream_rows(path, f),
+        IpcFormat::File => count_file_rows(path, f),
     }
 }
 
-fn count_stream_rows(path: &Path) -> Result<u64> {
+fn count_stream_rows(path: &Path, file: File) -> Result<u64> {
     use std::io::Read;
     let bad = |what: &str| {
         Error::file(
@@ -248,7 +250,6 @@ fn count_stream_rows(path: &Path) -> Result<u64> {
             format!("not a complete Arrow IPC stream ({what}); re-run the stage that wrote it"),
         )
     };
-    let file = File::open(path).at(path)?;
     let len = file.metadata().at(path)?.len();
     let mut r = BufReader::with_capacity(64 << 10, file);
     let mut pos = 0u64;
@@ -289,7 +290,7 @@ fn count_stream_rows(path: &Path) -> Result<u64> {
     }
 }
 
-fn count_file_rows(path: &Path) -> Result<u64> {
+fn count_file_rows(path: &Path, mut f: File) -> Result<u64> {
     use std::io::{Read, Seek, SeekFrom};
     let bad = |what: &str| {
         Error::file(
@@ -297,7 +298,6 @@ fn count_file_rows(path: &Path) -> Result<u64> {
             format!("not a complete Arrow IPC file ({what}); re-run the stage that wrote it"),
         )
     };
-    let mut f = File::open(path).at(path)?;
     let len = f.metadata().at(path)?.len();
     if len < 18 {
         return Err(bad("too short"));
